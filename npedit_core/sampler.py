@@ -1,0 +1,175 @@
+"""The few-step edit sampler and the training unroll, one code path (method.md sections 2.1 and 4).
+
+Rectified flow: x_t = (1 - t) x_0 + t eps, v = eps - x_0, t = 1 is pure noise, x0_hat = x_t - t v.
+`denoise` runs any list of times; inference runs the 4-step schedule under no_grad, training runs the
+1- or 2-step `unroll` of the same function with gradients through every pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .backbones.base import Backbone, TextEmbeds
+from .errors import NPEditError
+from .images import blend_mask, check_images, check_mask, resize, working_size
+
+#: Called after each step with (step index, number of steps, current x0 estimate (B, C, h, w)).
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def time_shift(t: float, shift: float) -> float:
+    """SD3-style time shift: shift * t / (1 + (shift - 1) * t); pushes times towards the noise end."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def edit_schedule(steps: int = 4, shift: float = 6.0) -> list[float]:
+    """Times of a `steps`-step sampler: 1, 1 - 1/steps, ..., 1/steps, each time-shifted.
+
+    With steps=4, shift=6: [1.0, 0.9474, 0.8571, 0.6667], the re-implementation's schedule.
+    """
+    if steps < 1:
+        raise NPEditError(f"steps: must be at least 1, got {steps}")
+    if shift <= 0:
+        raise NPEditError(f"shift: must be positive, got {shift}")
+    return [time_shift(1 - i / steps, shift) for i in range(steps)]
+
+
+def denoise(
+    backbone: Backbone,
+    x: torch.Tensor,
+    sigmas: list[float],
+    text: TextEmbeds,
+    reference: torch.Tensor | None = None,
+    eta: float = 0.0,
+    renoise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run the sampler from latents `x` (B, C, h, w) at time sigmas[0]; return x0_hat of the last step.
+
+    Between steps, eta = 0 is the deterministic Euler step of diffusers' FlowMatchEulerDiscreteScheduler
+    (x <- x + (s_next - s) v); eta = 1 re-noises x0_hat to s_next with fresh noise (the
+    re-implementation's sampler); values between mix the predicted and the fresh noise, keeping unit
+    variance. From t = 1 the Euler step re-uses the starting noise exactly, which is the paper's
+    "same eps" variant of the unroll. No stop-gradient anywhere: under autograd every pass is kept.
+    `renoise(x)` returns fresh noise shaped like x (default torch.randn_like).
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise NPEditError(f"eta: must lie in [0, 1], got {eta}")
+    renoise = renoise or torch.randn_like
+    x0 = x
+    for i, s in enumerate(sigmas):
+        t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.float32)
+        v = backbone.velocity(x, t, text, reference)
+        x0 = x - s * v
+        if callback is not None:
+            callback(i, len(sigmas), x0)
+        if i + 1 == len(sigmas):
+            break
+        s_next = sigmas[i + 1]
+        if eta == 0.0:
+            x = x + (s_next - s) * v
+        else:
+            eps_hat = x0 + v  # the noise implied by (x, v): x = (1 - s) x0 + s eps
+            eps = eta * renoise(x) + math.sqrt(1 - eta**2) * eps_hat
+            x = (1 - s_next) * x0 + s_next * eps
+    return x0
+
+
+def unroll_sigmas(schedule: list[float], k: int) -> list[float]:
+    """Times of a k-step training unroll (k in 1..len(schedule)): [1] or [1, schedule[k-1]].
+
+    Only the first step and the one landing at t_k carry gradients; the re-implementation draws
+    k ~ U{1..4}, so a quarter of the updates train the single-step editor.
+    """
+    if not 1 <= k <= len(schedule):
+        raise NPEditError(f"unroll length k={k} outside 1..{len(schedule)}")
+    return schedule[:1] if k == 1 else [schedule[0], schedule[k - 1]]
+
+
+def unroll(
+    backbone: Backbone,
+    noise: torch.Tensor,
+    text: TextEmbeds,
+    reference: torch.Tensor,
+    schedule: list[float],
+    k: int,
+    eta: float = 1.0,
+    renoise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The training unroll (method.md 2.1): `denoise` over `unroll_sigmas(schedule, k)`, with gradients."""
+    return denoise(backbone, noise, unroll_sigmas(schedule, k), text, reference, eta=eta, renoise=renoise)
+
+
+class SeededNoise:
+    """Per-sample noise streams: row i of every draw comes from its own generator seeded with seeds[i].
+
+    So an image edited in a batch gets exactly the result it gets alone with the same seed. The
+    generators live on the CPU, which makes results independent of the device.
+    """
+
+    def __init__(self, seeds: list[int]):
+        self.generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        if like.shape[0] != len(self.generators):
+            raise NPEditError(f"noise for a batch of {like.shape[0]} but {len(self.generators)} seeds")
+        rows = [torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in self.generators]
+        return torch.stack(rows).to(like.device, like.dtype)
+
+
+def _per_sample(value, batch: int, name: str) -> list:
+    items = [value] * batch if isinstance(value, (str, int)) else list(value)
+    if len(items) == 1 and batch > 1:
+        items = items * batch
+    if len(items) != batch:
+        raise NPEditError(f"{name}: {len(items)} given for a batch of {batch} images")
+    return items
+
+
+@torch.no_grad()
+def edit_images(
+    backbone: Backbone,
+    images: torch.Tensor,
+    instructions: str | list[str],
+    seeds: int | list[int] = 0,
+    steps: int = 4,
+    shift: float = 6.0,
+    eta: float = 1.0,
+    mask: torch.Tensor | None = None,
+    max_area: int | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Edit a batch of images (B, 3, H, W) in [0, 1]; returns (B, 3, H, W) of exactly the input size.
+
+    The images run at the nearest size whose sides are multiples of `backbone.pixel_multiple`
+    (optionally scaled down to `max_area` pixels) and the output is resized back to (H, W). With a
+    `mask` (B, H, W) in [0, 1], the edit is blended onto the input and pixels where the mask is 0 are
+    the input's, bit for bit. An int seed gives sample i the seed `seeds + i`.
+    """
+    check_images(images, "image")
+    batch, _, height, width = images.shape
+    instructions = _per_sample(instructions, batch, "instructions")
+    for i, text in enumerate(instructions):
+        if not isinstance(text, str) or not text.strip():
+            raise NPEditError(f"instructions[{i}]: empty; describe the edit to make")
+    if isinstance(seeds, int):
+        seeds = [seeds + i for i in range(batch)]
+    seeds = _per_sample(seeds, batch, "seeds")
+    if mask is not None:
+        mask = check_mask(mask, batch, height, width)
+
+    size = working_size(height, width, backbone.pixel_multiple, max_area)
+    work = resize(images, size).to(backbone.device)
+    reference = backbone.encode_images(work)
+    text = backbone.encode_text(instructions)
+    noise_source = SeededNoise(seeds)
+    noise = noise_source(torch.empty(reference.shape, device=reference.device, dtype=torch.float32))
+    x0 = denoise(
+        backbone, noise, edit_schedule(steps, shift), text, reference, eta=eta, renoise=noise_source, callback=callback
+    )
+    out = resize(backbone.decode_latents(x0).float().cpu(), (height, width))
+    out = out.to(images.device, images.dtype)
+    return out if mask is None else blend_mask(out, images, mask.to(out))
