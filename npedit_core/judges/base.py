@@ -49,6 +49,7 @@ class Judge(nn.Module):
         self.yes_id = single_token_id(tokenizer, yes_token)
         self.no_id = single_token_id(tokenizer, no_token)
         self.model.requires_grad_(False)
+        self.model.eval()  # frozen; the trainer switches to train() only for gradient checkpointing
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -74,6 +75,10 @@ class Judge(nn.Module):
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
+    def set_answer_words(self, yes: str = "Yes", no: str = "No") -> None:
+        """Read other answer tokens (each must be a single token of the judge's tokenizer)."""
+        self.yes_id, self.no_id = single_token_id(self.tokenizer, yes), single_token_id(self.tokenizer, no)
+
     def answer_logits(self, questions: list[Question]) -> torch.Tensor:
         """(Q, 2) float32 logits of ["Yes", "No"] at the answer position; differentiable in the images."""
         if not questions:

@@ -1,0 +1,233 @@
+"""One dataclass schema for NP-Edit: defaults here, then a YAML file, then `key.sub=value` overrides.
+
+Every default lives in this file (nodes and CLI read them from here). Unknown keys are errors that
+name the key and suggest the nearest valid one; values are type-checked against the field types.
+Numbers are the re-implementation's (method.md); see each field's comment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import NPEditError
+from .judges.prompts import QuestionTemplates
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["flux2_klein", "z_image"] = "flux2_klein"
+    path: str | None = None  # local diffusers folder; None builds tiny random components (tests, demo)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    tiny_seed: int = 0
+
+
+@dataclass
+class JudgeConfig:
+    family: Literal["qwen2_5_vl", "qwen3_vl", "internvl"] = "qwen2_5_vl"
+    path: str | None = None  # local model folder; None builds a tiny random judge
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    yes_token: str = "Yes"
+    no_token: str = "No"
+    questions: QuestionTemplates = field(default_factory=QuestionTemplates)
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 4  # inference steps (8 for subject-driven customisation)
+    shift: float = 6.0  # time shift: 4 steps -> [1.0, 0.9474, 0.8571, 0.6667]
+    eta: float = 1.0  # 1 = re-noise with fresh noise between steps (re-impl.), 0 = deterministic Euler
+
+
+@dataclass
+class LossConfig:
+    w_vlm: float = 0.02
+    w_dmd: float = 1.0
+    w_do_nothing: float = 1.0
+    do_nothing_prob: float = 0.01  # chance that the instruction becomes "do nothing."
+    logit_scale_start: float = 0.1  # judge-logit scale ramps from start to end over ramp_steps
+    logit_scale_end: float = 1.0
+    logit_scale_ramp_steps: int = 2000
+    dmd_t_min: float = 0.02
+    dmd_t_max: float = 0.98
+    negative_prompt: str = "low quality, artifacts"
+    identity_question: bool = True  # ablation: ask only the edit-verification question
+    fake_updates: int = 5  # fake-score updates per editor update (two-time-scale rule)
+    # The unroll length k ~ U{1..sampler.steps} (4 steps: a 1-step unroll 25 % of the time).
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.0, 0.9)
+    weight_decay: float = 0.0
+    grad_clip: float = 2.0
+    fake_lr: float = 2e-5
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # False = full fine-tune with separate editor / fake / teacher weights
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    manifest: str | None = None  # JSONL or CSV; None = the built-in demo photos (data.demo_manifest)
+    image_root: str | None = None  # image paths in the manifest are relative to this folder
+    resolution: int = 512  # target pixel area is resolution**2, split into aspect buckets
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["warmup", "npedit"] = "npedit"
+    run_dir: str = "runs/default"
+    steps: int = 14000
+    batch_size: int = 1
+    grad_accum: int = 1
+    seed: int = 0
+    gradient_checkpointing: bool = True
+    log_every: int = 10
+    save_every: int = 500
+    preview_every: int = 500
+    keep_checkpoints: int = 2
+    init_from: str | None = None  # warm-up checkpoint or export to start the npedit stage from
+
+
+@dataclass
+class NPEditConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --- building from dicts, files and overrides ----------------------------------------------------
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, strictly: unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise NPEditError(f"config {prefix or 'root'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise NPEditError(f"unknown config key '{prefix}{key}'{_suggest(key, fields, prefix)}")
+        kwargs[key] = _convert(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain nested dicts/lists (tuples become lists), ready for YAML."""
+    return _plain(dataclasses.asdict(config))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = NPEditConfig) -> Any:
+    """Defaults, then the YAML file at `path`, then `key.sub=value` overrides (values parsed as YAML)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise NPEditError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise NPEditError(f"config file {path}: not valid YAML ({exc})") from None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise NPEditError(f"override {item!r}: expected key.sub=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise NPEditError(f"override {item!r}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return from_dict(cls, data)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _suggest(key: str, fields: dict, prefix: str) -> str:
+    near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{near[0]}'?" if near else f" (valid: {', '.join(fields)})"
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, key)
+            except NPEditError as exc:
+                errors.append(str(exc))
+        raise NPEditError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise NPEditError(f"config {key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise NPEditError(f"config {key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise NPEditError(f"config {key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(a, v, key) for a, v in zip(args, value))
+        item = args[0] if args else Any
+        return origin(_convert(item, v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise NPEditError(f"config {key}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1] if args else Any, v, f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float:
+        # YAML 1.1 reads "1e-3" (no dot) as a string: accept any string that is a float literal.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NPEditError(f"config {key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise NPEditError(f"config {key}: expected true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise NPEditError(f"config {key}: expected an integer, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise NPEditError(f"config {key}: expected a string, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,95 @@
+"""Trained editor -> one safetensors file, and back onto a backbone (the nodes and `edit` load these).
+
+Two formats, told apart by the file's metadata (`npedit_format`):
+- "lora": the editor adapter in peft's key layout without the adapter name
+  (`<module>.lora_A.weight`, `<module>.lora_B.weight`), with rank, alpha and target modules;
+- "full": the editor transformer's whole state dict (full fine-tunes).
+Metadata also records the backbone family, so loading onto the wrong family is a clear error.
+The fake score exports the same way (`role="fake"`) for the DMD critic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .backbones.base import Backbone
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .errors import CheckpointError
+
+ADAPTER_NAME = "editor"
+
+
+def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor") -> Path:
+    """Write the `role` ("editor" or "fake") weights of a run directory or checkpoint file to `out`."""
+    source = Path(source)
+    ckpt = latest_checkpoint(source) if source.is_dir() else source
+    if ckpt is None:
+        raise CheckpointError(f"no checkpoint found in run directory {source}")
+    state = load_checkpoint(ckpt)
+    cfg = state["config"]
+    weights = state[role]
+    meta = {"npedit_format": "lora" if cfg["lora"]["enabled"] else "full", "backbone": cfg["model"]["backbone"],
+            "role": role, "step": str(state["step"]), "stage": state["stage"]}
+    if meta["npedit_format"] == "lora":
+        marker = f".{role}."
+        weights = {k.replace(marker, "."): v for k, v in weights.items()}
+        targets = sorted({k.rsplit(".lora_", 1)[0] for k in weights})  # full module paths: exact matches
+        meta.update(rank=str(cfg["lora"]["rank"]), alpha=str(cfg["lora"]["alpha"]), target_modules=json.dumps(targets))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return out
+
+
+def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"editor weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            weights = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    if meta.get("npedit_format") not in ("lora", "full"):
+        raise CheckpointError(f"{path} is not an NP-Edit export (no npedit_format metadata)")
+    return weights, meta
+
+
+def load_editor(backbone: Backbone, path: str | Path) -> Backbone:
+    """Apply an exported editor to `backbone` in place (LoRA attached as adapter "editor", or full weights)."""
+    weights, meta = read_export(path)
+    if meta.get("backbone") != backbone.family:
+        raise CheckpointError(f"{path} was trained on '{meta.get('backbone')}', not '{backbone.family}'")
+    transformer = backbone.transformer
+    if meta["npedit_format"] == "full":
+        result = transformer.load_state_dict(weights, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path} does not fit the transformer: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return backbone
+    from peft import LoraConfig
+
+    config = LoraConfig(r=int(meta["rank"]), lora_alpha=float(meta["alpha"]), target_modules=json.loads(meta["target_modules"]))
+    transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
+    params = dict(transformer.named_parameters())
+    named = {k.replace(".lora_A.", f".lora_A.{ADAPTER_NAME}.").replace(".lora_B.", f".lora_B.{ADAPTER_NAME}."): v
+             for k, v in weights.items()}
+    expected = {n for n in params if f".{ADAPTER_NAME}." in n}
+    if set(named) != expected:
+        missing, unexpected = sorted(expected - set(named)), sorted(set(named) - expected)
+        raise CheckpointError(f"{path} does not fit the transformer: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, value in named.items():
+            params[name].copy_(value)
+    transformer.set_adapter(ADAPTER_NAME)
+    transformer.requires_grad_(False)
+    return backbone

@@ -1,0 +1,325 @@
+"""The NP-Edit trainer: the warm-up (reference copy) and NP-Edit stages, resumable, one GPU to many.
+
+Reads top to bottom: build models, data and optimisers; resume from RUN/checkpoints/latest; loop
+`step()`; save atomically every `save_every` steps and on Ctrl-C. Loss terms live in losses.py and
+objective.py; this file only weights, sums, clips and steps (method.md sections 2-3).
+
+Several processes (`accelerate launch`): each rank takes its slice of every global batch; gradients
+are averaged across ranks by hand after backward, because the shared-base LoRA layout switches
+adapters inside one module, which DDP's fixed parameter list cannot follow. The unroll length k is a
+function of (seed, step), so every rank unrolls the same number of steps without communicating.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from .backbones.base import TextEmbeds
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import NPEditConfig, save_config, to_dict
+from .data import BucketBatchSampler, assign_bucket, collate, demo_manifest, make_buckets, read_manifest
+from .errors import NPEditError
+from .losses import cfg_scales, dmd_generator_loss, do_nothing_loss, fake_score_loss, logit_scale, warmup_loss
+from .models import build_backbone, build_judge
+from .objective import judge_loss
+from .previews import save_preview_grid
+from .roles import make_roles
+from .sampler import edit_images, edit_schedule, unroll
+
+DO_NOTHING = "do nothing."
+
+
+class TextCache:
+    """Prompt -> embeddings, computed once and kept on the CPU (bounded LRU)."""
+
+    def __init__(self, backbone, size: int = 4096):
+        self.backbone, self.size, self.items = backbone, size, OrderedDict()
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], device) -> TextEmbeds:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.items))
+        if missing:
+            encoded = self.backbone.encode_text(missing).to("cpu")
+            for i, prompt in enumerate(missing):
+                self.items[prompt] = encoded.index([i])
+        for prompt in prompts:
+            self.items.move_to_end(prompt)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return TextEmbeds.cat([self.items[p] for p in prompts]).to(device)
+
+
+class Trainer:
+    def __init__(self, cfg: NPEditConfig, accelerator=None, log=print):
+        from accelerate import Accelerator
+
+        self.cfg, self.log = cfg, log
+        self.acc = accelerator or Accelerator()
+        self.device = self.acc.device
+        self.run_dir = Path(cfg.train.run_dir)
+        self.is_main = self.acc.is_main_process
+        torch.manual_seed(cfg.train.seed + self.acc.process_index)
+        random.seed(cfg.train.seed + self.acc.process_index)
+
+        self.backbone = build_backbone(cfg.model, self.device)
+        if cfg.train.gradient_checkpointing and hasattr(self.backbone.transformer, "enable_gradient_checkpointing"):
+            self.backbone.transformer.enable_gradient_checkpointing()
+        self.roles = make_roles(self.backbone, cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+        self.npedit = cfg.train.stage == "npedit"
+        self.judge = build_judge(cfg.judge, self.device, cfg.train.seed) if self.npedit else None
+        if self.judge is not None and cfg.train.gradient_checkpointing:
+            # HF models only checkpoint in train() mode; the judge's configs have no dropout to wake.
+            model = self.judge.model
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            model.train()
+        self.text = TextCache(self.backbone)
+        self.schedule = edit_schedule(cfg.sampler.steps, cfg.sampler.shift)
+
+        o = cfg.optim
+        self.editor_params = self.roles.editor_parameters()
+        self.fake_params = self.roles.fake_parameters()
+        self.opt = torch.optim.AdamW(self.editor_params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=o.fake_lr, betas=o.betas, weight_decay=o.weight_decay)
+
+        self.records = self._read_data()
+        self.buckets = make_buckets(cfg.data.resolution, self.backbone.pixel_multiple)
+        global_batch = cfg.train.batch_size * self.acc.num_processes
+        self.sampler = BucketBatchSampler(
+            self.records, self.buckets, global_batch, cfg.train.seed, self.acc.process_index, self.acc.num_processes
+        )
+        self.step = 0
+        self._stop = False
+        if cfg.train.init_from:
+            self._init_from(cfg.train.init_from)
+        self._resume()
+
+    # --- data ---------------------------------------------------------------------------------
+    def _read_data(self):
+        d = self.cfg.data
+        if d.manifest is None:
+            manifest = demo_manifest(self.run_dir / "demo_data")
+            return read_manifest(manifest, require_source_caption=not self.npedit)
+        return read_manifest(d.manifest, d.image_root, require_source_caption=not self.npedit)
+
+    def next_batch(self) -> dict:
+        return collate(self.records, self.sampler.next_batch(), self.buckets)
+
+    # --- one update ---------------------------------------------------------------------------
+    def unroll_k(self) -> int:
+        """k ~ U{1..steps}, the same on every rank: drawn from (seed, step), not from a shared RNG."""
+        return random.Random(self.cfg.train.seed * 1_000_003 + self.step).randint(1, self.cfg.sampler.steps)
+
+    def editor_losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg, dev = self.cfg, self.device
+        images = batch["images"].to(dev)
+        with torch.no_grad():
+            reference = self.backbone.encode_images(images)
+        if not self.npedit:
+            text = self.text(batch["source_captions"], dev)
+            loss, logs = warmup_loss(self.roles.editor, reference, text, cfg.sampler.shift)
+            return loss, logs
+
+        b = images.shape[0]
+        idle = [random.random() < cfg.loss.do_nothing_prob for _ in range(b)]
+        instructions = [DO_NOTHING if n else s for n, s in zip(idle, batch["instructions"])]
+        k = self.unroll_k()
+        noise = torch.randn(reference.shape, device=dev, dtype=reference.dtype)
+        x0 = unroll(self.roles.editor_backbone(), noise, self.text(instructions, dev), reference, self.schedule, k, cfg.sampler.eta)
+        logs = {"unroll_k": k}
+        total = x0.new_zeros((), dtype=torch.float32)
+        edit_rows = [i for i in range(b) if not idle[i]]
+        if edit_rows:
+            pick = lambda seq: [seq[i] for i in edit_rows]  # noqa: E731
+            x0_e = x0[edit_rows]
+            edited = self.backbone.decode_latents(x0_e)
+            scale = logit_scale(self.step, cfg.loss.logit_scale_start, cfg.loss.logit_scale_end, cfg.loss.logit_scale_ramp_steps)
+            l_vlm, vlm_logs = judge_loss(
+                self.judge, images[edit_rows], edited.to(images.dtype), pick(batch["instructions"]), pick(batch["edit_types"]),
+                pick(batch["objects"]), cfg.judge.questions, scale, cfg.loss.identity_question,
+            )
+            captions = self.text(pick(batch["edited_captions"]), dev)
+            negative = self.text([cfg.loss.negative_prompt] * len(edit_rows), dev)
+            l_dmd, dmd_logs = dmd_generator_loss(
+                x0_e, self.roles.teacher, self.roles.fake, captions, negative, cfg_scales(pick(batch["edit_types"]), dev),
+                cfg.loss.dmd_t_min, cfg.loss.dmd_t_max,
+            )
+            total = total + cfg.loss.w_vlm * l_vlm + cfg.loss.w_dmd * l_dmd
+            logs.update(vlm_logs, **dmd_logs, logit_scale=scale)
+        idle_rows = [i for i in range(b) if idle[i]]
+        if idle_rows:
+            l_dn, dn_logs = do_nothing_loss(x0[idle_rows], reference[idle_rows])
+            total = total + cfg.loss.w_do_nothing * l_dn
+            logs.update(dn_logs)
+        return total, logs
+
+    def fake_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Fake-score denoising loss on a fresh batch of editor outputs made without gradients."""
+        dev = self.device
+        images = batch["images"].to(dev)
+        with torch.no_grad():
+            reference = self.backbone.encode_images(images)
+            noise = torch.randn(reference.shape, device=dev, dtype=reference.dtype)
+            text = self.text(list(batch["instructions"]), dev)
+            x0 = unroll(self.roles.editor_backbone(), noise, text, reference, self.schedule, self.unroll_k(), self.cfg.sampler.eta)
+        return fake_score_loss(self.roles.fake, x0, self.text(list(batch["edited_captions"]), dev))
+
+    def update(self, opt, params, loss_fn, prefix: str) -> dict:
+        """grad_accum micro-batches -> average across ranks -> clip -> step; a non-finite step is skipped."""
+        accum = self.cfg.train.grad_accum
+        logs: dict = {}
+        finite = True
+        for _ in range(accum):
+            loss, micro = loss_fn(self.next_batch())
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss / accum).backward()
+            for key, value in micro.items():
+                logs[key] = logs.get(key, 0.0) + value / accum
+        if finite:
+            self._all_reduce(params)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            finite = bool(torch.isfinite(norm))
+            logs[f"{prefix}grad_norm"] = norm.item()
+        if finite:
+            opt.step()
+        else:
+            logs[f"{prefix}skipped"] = 1
+            self.log(f"step {self.step}: non-finite {prefix or 'editor '}loss or gradient, update skipped")
+        opt.zero_grad(set_to_none=True)
+        return logs
+
+    def _all_reduce(self, params) -> None:
+        if self.acc.num_processes == 1:
+            return
+        for p in params:
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = self.acc.reduce(grad, reduction="mean")
+
+    def train_step(self) -> dict:
+        started = time.perf_counter()
+        logs: dict = {}
+        if self.npedit:
+            for _ in range(self.cfg.loss.fake_updates):
+                logs.update(self.update(self.fake_opt, self.fake_params, self.fake_loss, "fake_"))
+        logs.update(self.update(self.opt, self.editor_params, self.editor_losses, ""))
+        self.step += 1
+        logs["step"] = self.step
+        logs["step_time"] = time.perf_counter() - started
+        if torch.cuda.is_available():
+            logs["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return logs
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> Path:
+        t = self.cfg.train
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=t.steps, initial=self.step, disable=not self.is_main, desc=t.stage, dynamic_ncols=True)
+            while self.step < t.steps and not self._stop:
+                logs = self.train_step()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("loss")}, refresh=False)
+                if self.is_main and (self.step % t.log_every == 0 or self.step == t.steps):
+                    with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                        handle.write(json.dumps(logs) + "\n")
+                if self.step % t.save_every == 0 or self.step == t.steps:
+                    self.save()
+                if self.is_main and t.preview_every and self.step % t.preview_every == 0:
+                    self.preview()
+            bar.close()
+            if self._stop:
+                self.save()
+                self.log(f"interrupted: saved step {self.step} to {self.run_dir / 'checkpoints'}; run again to resume")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return self.run_dir
+
+    def _on_interrupt(self, signum, frame):
+        # First Ctrl-C: finish the step in flight, save, stop. A second one stops at once.
+        self._stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.log("\nCtrl-C: finishing this step and saving (press again to abort without saving)")
+
+    # --- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "stage": self.cfg.train.stage,
+            "editor": self.roles.editor_state_dict(),
+            "fake": self.roles.fake_state_dict(),
+            "opt": self.opt.state_dict(),
+            "fake_opt": self.fake_opt.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.run_dir, self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            return
+        state = load_checkpoint(path)
+        if state["stage"] != self.cfg.train.stage:
+            raise NPEditError(
+                f"{path} is a '{state['stage']}' checkpoint but train.stage is '{self.cfg.train.stage}'; "
+                "use a new train.run_dir and train.init_from to start a new stage from it"
+            )
+        self.roles.load_state(state["editor"], state["fake"])
+        self.opt.load_state_dict(state["opt"])
+        self.fake_opt.load_state_dict(state["fake_opt"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        if self.acc.num_processes == 1:
+            set_rng_state(state["rng"])
+        else:  # other ranks' streams were not saved: re-derive them from (seed, rank, step)
+            torch.manual_seed(self.cfg.train.seed + 7919 * self.step + self.acc.process_index)
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def _init_from(self, path: str) -> None:
+        """Start from the editor (and fake score) of another run's checkpoint, e.g. the warm-up's."""
+        source = Path(path)
+        ckpt = latest_checkpoint(source) if source.is_dir() else source
+        if ckpt is None:
+            raise NPEditError(f"train.init_from: no checkpoint in {source}")
+        state = load_checkpoint(ckpt)
+        self.roles.load_state(state["editor"], state["fake"])
+        self.log(f"initialised the editor from {ckpt}")
+
+    def preview(self, count: int = 4) -> Path:
+        """Edit a fixed set of training images with fixed seeds; save a before/after grid."""
+        s = self.cfg.sampler
+        inputs, outputs = [], []
+        for i, record in enumerate(self.records[:count]):
+            image = collate(self.records, [i], self.buckets)["images"]  # one at a time: buckets differ
+            inputs.append(image)
+            outputs.append(edit_images(self.roles.editor_backbone(), image, record.instruction, seeds=i,
+                                       steps=s.steps, shift=s.shift, eta=s.eta))
+        path = self.run_dir / "previews" / f"step-{self.step:08d}.png"
+        save_preview_grid(path, inputs, outputs)
+        return path
+
+
+def run_training(cfg: NPEditConfig, log=print) -> Path:
+    if cfg.train.steps < 1 or math.isnan(cfg.optim.lr):
+        raise NPEditError("train.steps must be at least 1")
+    return Trainer(cfg, log=log).run()

@@ -1,0 +1,1 @@
+"""Command-line front end of NP-Edit (`python -m train_cli --help`)."""
