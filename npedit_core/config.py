@@ -19,6 +19,7 @@ import yaml
 
 from .errors import NPEditError
 from .judges.prompts import QuestionTemplates
+from .losses import DEFAULT_CFG
 
 
 @dataclass
@@ -44,6 +45,24 @@ class SamplerConfig:
     steps: int = 4  # inference steps (8 for subject-driven customisation)
     shift: float = 6.0  # time shift: 4 steps -> [1.0, 0.9474, 0.8571, 0.6667]
     eta: float = 1.0  # 1 = re-noise with fresh noise between steps (re-impl.), 0 = deterministic Euler
+
+
+@dataclass
+class CriticConfig:
+    # DMD critic realism score (critic.py): teacher vs fake-score disagreement at these fixed times,
+    # each with noise drawn from `seed`, the teacher under CFG `guidance` (the training default).
+    times: tuple[float, ...] = (0.25, 0.5, 0.75)
+    seed: int = 0
+    guidance: float = DEFAULT_CFG
+
+
+@dataclass
+class RefineConfig:
+    # Test-time refinement (refine.py): Adam on an edit's latents under the training objective
+    # (weights: loss.w_vlm, loss.w_dmd). lr is in normalised-latent units per step (Adam's step size).
+    steps: int = 8
+    lr: float = 0.02
+    seed: int = 0
 
 
 @dataclass
@@ -109,6 +128,8 @@ class NPEditConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

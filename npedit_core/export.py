@@ -48,14 +48,15 @@ def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor")
     return out
 
 
-def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_export(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(weights, metadata) of an export; `tensors=False` reads the metadata only (weights is then empty)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"editor weights not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            weights = {k: handle.get_tensor(k) for k in handle.keys()}
+            weights = {k: handle.get_tensor(k) for k in handle.keys()} if tensors else {}
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
     if meta.get("npedit_format") not in ("lora", "full"):
@@ -63,11 +64,20 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return weights, meta
 
 
-def load_editor(backbone: Backbone, path: str | Path) -> Backbone:
-    """Apply an exported editor to `backbone` in place (LoRA attached as adapter "editor", or full weights)."""
+def load_editor(backbone: Backbone, path: str | Path, role: str = "editor", adapter_name: str = ADAPTER_NAME) -> Backbone:
+    """Apply an exported editor to `backbone` in place (LoRA attached as adapter `adapter_name`, or full weights).
+
+    `role` is the role the file must hold ("editor", or "fake" for the DMD critic's fake score); a
+    file exported with the other role is a clear error, not a silently wrong model.
+    """
     weights, meta = read_export(path)
     if meta.get("backbone") != backbone.family:
         raise CheckpointError(f"{path} was trained on '{meta.get('backbone')}', not '{backbone.family}'")
+    if meta.get("role", "editor") != role:
+        raise CheckpointError(
+            f"{path} holds the '{meta.get('role')}' weights, not the '{role}' weights "
+            f"(export them with `python -m train_cli export RUN --out OUT --role {role}`)"
+        )
     transformer = backbone.transformer
     if meta["npedit_format"] == "full":
         result = transformer.load_state_dict(weights, strict=False)
@@ -79,17 +89,17 @@ def load_editor(backbone: Backbone, path: str | Path) -> Backbone:
     from peft import LoraConfig
 
     config = LoraConfig(r=int(meta["rank"]), lora_alpha=float(meta["alpha"]), target_modules=json.loads(meta["target_modules"]))
-    transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
+    transformer.add_adapter(config, adapter_name=adapter_name)
     params = dict(transformer.named_parameters())
-    named = {k.replace(".lora_A.", f".lora_A.{ADAPTER_NAME}.").replace(".lora_B.", f".lora_B.{ADAPTER_NAME}."): v
+    named = {k.replace(".lora_A.", f".lora_A.{adapter_name}.").replace(".lora_B.", f".lora_B.{adapter_name}."): v
              for k, v in weights.items()}
-    expected = {n for n in params if f".{ADAPTER_NAME}." in n}
+    expected = {n for n in params if f".{adapter_name}." in n}
     if set(named) != expected:
         missing, unexpected = sorted(expected - set(named)), sorted(set(named) - expected)
         raise CheckpointError(f"{path} does not fit the transformer: missing {missing[:5]}, unexpected {unexpected[:5]}")
     with torch.no_grad():
         for name, value in named.items():
             params[name].copy_(value)
-    transformer.set_adapter(ADAPTER_NAME)
+    transformer.set_adapter(adapter_name)
     transformer.requires_grad_(False)
     return backbone

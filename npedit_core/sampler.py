@@ -120,8 +120,9 @@ class SeededNoise:
         return torch.stack(rows).to(like.device, like.dtype)
 
 
-def _per_sample(value, batch: int, name: str) -> list:
-    items = [value] * batch if isinstance(value, (str, int)) else list(value)
+def per_sample(value, batch: int, name: str) -> list:
+    """One value per batch item: a single str/int/None is repeated, a list of one is broadcast, else lengths must match."""
+    items = [value] * batch if value is None or isinstance(value, (str, int)) else list(value)
     if len(items) == 1 and batch > 1:
         items = items * batch
     if len(items) != batch:
@@ -151,13 +152,13 @@ def edit_images(
     """
     check_images(images, "image")
     batch, _, height, width = images.shape
-    instructions = _per_sample(instructions, batch, "instructions")
+    instructions = per_sample(instructions, batch, "instructions")
     for i, text in enumerate(instructions):
         if not isinstance(text, str) or not text.strip():
             raise NPEditError(f"instructions[{i}]: empty; describe the edit to make")
     if isinstance(seeds, int):
         seeds = [seeds + i for i in range(batch)]
-    seeds = _per_sample(seeds, batch, "seeds")
+    seeds = per_sample(seeds, batch, "seeds")
     if mask is not None:
         mask = check_mask(mask, batch, height, width)
 

@@ -8,8 +8,8 @@ the nodes and the CLI can show one line instead of a traceback from deep inside 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes: Iterable[str]) -
     """Drop the first of `prefixes` that every key starting with it shares (e.g. ComfyUI's 'model.diffusion_model.')."""
     for prefix in prefixes:
         if prefix and any(k.startswith(prefix) for k in state_dict):
-            return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+            return {k.removeprefix(prefix): v for k, v in state_dict.items()}
     return state_dict
 
 
