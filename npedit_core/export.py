@@ -20,12 +20,17 @@ from safetensors.torch import save_file
 from .backbones.base import Backbone
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .errors import CheckpointError
+from .lora_formats import to_comfyui_lora
 
 ADAPTER_NAME = "editor"
 
 
-def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor") -> Path:
-    """Write the `role` ("editor" or "fake") weights of a run directory or checkpoint file to `out`."""
+def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor", layout: str = "npedit") -> Path:
+    """Write the `role` ("editor" or "fake") weights of a run directory or checkpoint file to `out`.
+
+    layout "npedit" (default) is what the nodes and `edit` load; "comfyui" writes a LoRA in the key
+    layout of ComfyUI's own LoRA loader for the base model (lora_formats.py).
+    """
     source = Path(source)
     ckpt = latest_checkpoint(source) if source.is_dir() else source
     if ckpt is None:
@@ -40,6 +45,13 @@ def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor")
         weights = {k.replace(marker, "."): v for k, v in weights.items()}
         targets = sorted({k.rsplit(".lora_", 1)[0] for k in weights})  # full module paths: exact matches
         meta.update(rank=str(cfg["lora"]["rank"]), alpha=str(cfg["lora"]["alpha"]), target_modules=json.dumps(targets))
+    if layout == "comfyui":
+        if meta["npedit_format"] != "lora":
+            raise CheckpointError(f"{ckpt}: the comfyui layout is for LoRA runs; this run trained full weights")
+        weights = to_comfyui_lora(weights, meta["backbone"], float(meta["alpha"]))
+        meta = {"npedit_format": "comfyui_lora", "backbone": meta["backbone"], "role": role, "step": meta["step"]}
+    elif layout != "npedit":
+        raise CheckpointError(f"unknown export layout {layout!r}; expected 'npedit' or 'comfyui'")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -59,6 +71,8 @@ def read_export(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch
             weights = {k: handle.get_tensor(k) for k in handle.keys()} if tensors else {}
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    if meta.get("npedit_format") == "comfyui_lora":
+        raise CheckpointError(f"{path} is a ComfyUI-layout LoRA: load it with ComfyUI's LoRA loader, or export again without --layout comfyui")
     if meta.get("npedit_format") not in ("lora", "full"):
         raise CheckpointError(f"{path} is not an NP-Edit export (no npedit_format metadata)")
     return weights, meta

@@ -62,12 +62,15 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg, self.log = cfg, log
-        self.acc = accelerator or Accelerator()
+        # cpu=True on machines without CUDA: only then does accelerate form a multi-process (gloo) group
+        # under torchrun/accelerate launch; otherwise every rank would silently train alone.
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.device = self.acc.device
         self.run_dir = Path(cfg.train.run_dir)
         self.is_main = self.acc.is_main_process
-        torch.manual_seed(cfg.train.seed + self.acc.process_index)
-        random.seed(cfg.train.seed + self.acc.process_index)
+        # Models (incl. LoRA's random init) are built under the SAME seed on every rank, so the replicas
+        # start identical; the per-rank noise streams are seeded after construction.
+        torch.manual_seed(cfg.train.seed)
 
         self.backbone = build_backbone(cfg.model, self.device)
         if cfg.train.gradient_checkpointing and hasattr(self.backbone.transformer, "enable_gradient_checkpointing"):
@@ -96,6 +99,8 @@ class Trainer:
         self.sampler = BucketBatchSampler(
             self.records, self.buckets, global_batch, cfg.train.seed, self.acc.process_index, self.acc.num_processes
         )
+        torch.manual_seed(cfg.train.seed + 7919 * self.acc.process_index)
+        random.seed(cfg.train.seed + 7919 * self.acc.process_index)
         self.step = 0
         self._stop = False
         if cfg.train.init_from:

@@ -41,7 +41,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from npedit_core.export import export_checkpoint
 
-    out = export_checkpoint(args.run, args.out, role=args.role)
+    out = export_checkpoint(args.run, args.out, role=args.role, layout=args.layout)
     print(f"wrote {out}")
     return 0
 
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output .safetensors path")
     p.add_argument("--role", choices=["editor", "fake"], default="editor",
                    help="editor: the trained editor (default); fake: the fake score, for the DMD critic")
+    p.add_argument("--layout", choices=["npedit", "comfyui"], default="npedit",
+                   help="npedit: for the NP-Edit nodes and `edit` (default); comfyui: a LoRA in the key layout of "
+                        "ComfyUI's own LoRA loader for the base model (LoRA runs only)")
     p.set_defaults(func=cmd_export)
 
     p = with_config(sub.add_parser("edit", help="edit images from the command line",

@@ -15,6 +15,7 @@ from npedit_core.config import load_config
 from npedit_core.editing import edit_files
 from npedit_core.errors import CheckpointError, NPEditError
 from npedit_core.export import export_checkpoint, load_editor
+from npedit_core.backbones.z_image import ZImageBackbone
 from npedit_core.trainer import Trainer
 from train_cli.cli import main as cli_main
 
@@ -122,6 +123,14 @@ def test_warmup_then_npedit_then_export_then_edit(tmp_path, manifest):
     written = edit_files([str(manifest.parent / "a.png")], ["make the square red"], str(tmp_path / "edits"),
                          editor=str(out), overrides=["model.backbone=z_image", "model.dtype=float32"])
     assert Image.open(written[0]).size == (64, 48)  # the input's own size
+    comfy_out = tmp_path / "editor_comfyui.safetensors"
+    assert cli_main(["export", str(tmp_path / "np"), "-o", str(comfy_out), "--layout", "comfyui"]) == 0
+    from safetensors.torch import load_file
+
+    keys = load_file(str(comfy_out))
+    assert keys and all(k.startswith("diffusion_model.") for k in keys)
+    with pytest.raises(CheckpointError, match="ComfyUI-layout LoRA"):
+        load_editor(ZImageBackbone.tiny(), comfy_out)
     # Warm-up checkpoints cannot silently continue as an npedit run in the same directory.
     with pytest.raises(NPEditError, match="is a 'warmup' checkpoint"):
         Trainer(config(tmp_path / "warm", manifest), log=quiet)

@@ -1,0 +1,18 @@
+"""Run by torchrun in test_trainer_distributed.py: train a few steps, save this rank's weights."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from npedit_core.config import load_config
+from npedit_core.trainer import Trainer
+
+out, no_sync, *overrides = sys.argv[1:]
+trainer = Trainer(load_config(None, overrides), log=lambda *_: None)
+if no_sync == "1":
+    trainer._all_reduce = lambda params: None  # the control: ranks must then drift apart
+trainer.run()
+rank = trainer.acc.process_index
+torch.save({"editor": trainer.roles.editor_state_dict(), "fake": trainer.roles.fake_state_dict(),
+            "rows": trainer.sampler.state_dict()}, Path(out) / f"rank{rank}.pt")
