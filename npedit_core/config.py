@@ -121,6 +121,9 @@ class TrainConfig:
     preview_every: int = 500
     keep_checkpoints: int = 2
     init_from: str | None = None  # warm-up checkpoint or export to start the npedit stage from
+    offload_text_encoder: bool = False  # keep the text encoder on the CPU between (cached) encodings
+    offload_judge: bool = False  # keep the judge on the CPU outside the editor update (fake updates, saves)
+    tensorboard: bool = False  # also log metrics to RUN/tensorboard (needs the tensorboard package)
 
 
 @dataclass

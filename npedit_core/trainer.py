@@ -40,14 +40,20 @@ DO_NOTHING = "do nothing."
 class TextCache:
     """Prompt -> embeddings, computed once and kept on the CPU (bounded LRU)."""
 
-    def __init__(self, backbone, size: int = 4096):
-        self.backbone, self.size, self.items = backbone, size, OrderedDict()
+    def __init__(self, backbone, size: int = 4096, offload: bool = False):
+        self.backbone, self.size, self.items, self.offload = backbone, size, OrderedDict(), offload
+        if offload:
+            backbone.text_encoder.to("cpu")
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], device) -> TextEmbeds:
         missing = list(dict.fromkeys(p for p in prompts if p not in self.items))
         if missing:
+            if self.offload:  # on the device only while encoding what the cache lacks
+                self.backbone.text_encoder.to(device)
             encoded = self.backbone.encode_text(missing).to("cpu")
+            if self.offload:
+                self.backbone.text_encoder.to("cpu")
             for i, prompt in enumerate(missing):
                 self.items[prompt] = encoded.index([i])
         for prompt in prompts:
@@ -84,7 +90,9 @@ class Trainer:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
             model.train()
-        self.text = TextCache(self.backbone)
+        self.text = TextCache(self.backbone, offload=cfg.train.offload_text_encoder)
+        if self.judge is not None and cfg.train.offload_judge:
+            self.judge.to("cpu")
         self.schedule = edit_schedule(cfg.sampler.steps, cfg.sampler.shift)
 
         o = cfg.optim
@@ -214,9 +222,16 @@ class Trainer:
         started = time.perf_counter()
         logs: dict = {}
         if self.npedit:
-            for _ in range(self.cfg.loss.fake_updates):
-                logs.update(self.update(self.fake_opt, self.fake_params, self.fake_loss, "fake_"))
+            n = self.cfg.loss.fake_updates
+            for _ in range(n):
+                for key, value in self.update(self.fake_opt, self.fake_params, self.fake_loss, "fake_").items():
+                    logs[key] = logs.get(key, 0.0) + value / n  # averaged over the fake updates
+        offload = self.judge is not None and self.cfg.train.offload_judge
+        if offload:
+            self.judge.to(self.device)
         logs.update(self.update(self.opt, self.editor_params, self.editor_losses, ""))
+        if offload:
+            self.judge.to("cpu")
         self.step += 1
         logs["step"] = self.step
         logs["step_time"] = time.perf_counter() - started
@@ -230,6 +245,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+        writer = self._tensorboard() if self.is_main and t.tensorboard else None
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
         try:
             from tqdm import tqdm
@@ -242,6 +258,9 @@ class Trainer:
                 if self.is_main and (self.step % t.log_every == 0 or self.step == t.steps):
                     with open(self.run_dir / "metrics.jsonl", "a") as handle:
                         handle.write(json.dumps(logs) + "\n")
+                    if writer is not None:
+                        for key, value in logs.items():
+                            writer.add_scalar(key, value, self.step)
                 if self.step % t.save_every == 0 or self.step == t.steps:
                     self.save()
                 if self.is_main and t.preview_every and self.step % t.preview_every == 0:
@@ -252,7 +271,16 @@ class Trainer:
                 self.log(f"interrupted: saved step {self.step} to {self.run_dir / 'checkpoints'}; run again to resume")
         finally:
             signal.signal(signal.SIGINT, previous)
+            if writer is not None:
+                writer.close()
         return self.run_dir
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise NPEditError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _on_interrupt(self, signum, frame):
         # First Ctrl-C: finish the step in flight, save, stop. A second one stops at once.
