@@ -124,6 +124,7 @@ class TrainConfig:
     offload_text_encoder: bool = False  # keep the text encoder on the CPU between (cached) encodings
     offload_judge: bool = False  # keep the judge on the CPU outside the editor update (fake updates, saves)
     tensorboard: bool = False  # also log metrics to RUN/tensorboard (needs the tensorboard package)
+    fsdp: bool = False  # full fine-tune on several processes: FSDP2-shard editor, fake score and teacher
 
 
 @dataclass

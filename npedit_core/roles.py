@@ -147,8 +147,24 @@ class SeparateRoles(Roles):
         self.editor_transformer.requires_grad_(True)
         self.teacher_transformer = copy.deepcopy(self.editor_transformer).requires_grad_(False)
         self.fake_transformer = copy.deepcopy(self.editor_transformer).requires_grad_(True)
-        self._teacher = _with_transformer(backbone, self.teacher_transformer)
-        self._fake = _with_transformer(backbone, self.fake_transformer)
+        self._teacher = with_transformer(backbone, self.teacher_transformer)
+        self._fake = with_transformer(backbone, self.fake_transformer)
+        self.sharded = False
+
+    def shard(self) -> None:
+        """FSDP2-shard the three transformers across the process group (see fsdp.py)."""
+        from .fsdp import shard_transformer
+
+        for module in (self.editor_transformer, self.fake_transformer, self.teacher_transformer):
+            shard_transformer(module)
+        self.sharded = True
+
+    def _state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        if self.sharded:
+            from .fsdp import full_state_dict
+
+            return full_state_dict(module)  # collective: every rank calls it
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def editor(self, x_t, t, text, reference):
         return self.backbone.velocity(x_t, t, text, reference)
@@ -166,25 +182,30 @@ class SeparateRoles(Roles):
         return list(self.fake_transformer.parameters())
 
     def editor_state_dict(self):
-        return {k: v.detach().clone() for k, v in self.editor_transformer.state_dict().items()}
+        return self._state(self.editor_transformer)
 
     def fake_state_dict(self):
-        return {k: v.detach().clone() for k, v in self.fake_transformer.state_dict().items()}
+        return self._state(self.fake_transformer)
 
     def load_state(self, editor, fake):
         for module, state, name in ((self.editor_transformer, editor, EDITOR), (self.fake_transformer, fake, FAKE)):
-            result = module.load_state_dict(state, strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise NPEditError(
-                    f"{name} weights do not fit: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-                )
+            expected = set(module.state_dict())  # FSDP2 keeps the names (the values become DTensors)
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unexpected:
+                raise NPEditError(f"{name} weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            if self.sharded:
+                from .fsdp import load_full_state_dict
+
+                load_full_state_dict(module, state)  # collective
+            else:
+                module.load_state_dict(state)
 
 
 def make_roles(backbone: Backbone, lora: bool = True, rank: int = 32, alpha: float = 32.0, dropout: float = 0.0) -> Roles:
     return SharedLoRARoles(backbone, rank, alpha, dropout) if lora else SeparateRoles(backbone)
 
 
-def _with_transformer(backbone: Backbone, transformer: nn.Module) -> Backbone:
+def with_transformer(backbone: Backbone, transformer: nn.Module) -> Backbone:
     """A shallow copy of `backbone` that shares its encoders but runs `transformer`."""
     clone = copy.copy(backbone)
     clone._modules = dict(backbone._modules)

@@ -82,6 +82,11 @@ class Trainer:
         if cfg.train.gradient_checkpointing and hasattr(self.backbone.transformer, "enable_gradient_checkpointing"):
             self.backbone.transformer.enable_gradient_checkpointing()
         self.roles = make_roles(self.backbone, cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+        self.fsdp = cfg.train.fsdp and self.acc.num_processes > 1
+        if cfg.train.fsdp and cfg.lora.enabled:
+            raise NPEditError("train.fsdp=true shards full fine-tunes: set lora.enabled=false (LoRA runs use plain data parallelism)")
+        if self.fsdp:
+            self.roles.shard()  # before the optimisers, which must see the sharded parameters
         self.npedit = cfg.train.stage == "npedit"
         self.judge = build_judge(cfg.judge, self.device, cfg.train.seed) if self.npedit else None
         if self.judge is not None and cfg.train.gradient_checkpointing:
@@ -142,7 +147,10 @@ class Trainer:
             return loss, logs
 
         b = images.shape[0]
-        idle = [random.random() < cfg.loss.do_nothing_prob for _ in range(b)]
+        # With FSDP every rank must run the same forward passes, so the do-nothing draw comes from
+        # (seed, step) like k; otherwise from this rank's own stream.
+        draw = random.Random(cfg.train.seed * 1_000_033 + self.step) if self.fsdp else random
+        idle = [draw.random() < cfg.loss.do_nothing_prob for _ in range(b)]
         instructions = [DO_NOTHING if n else s for n, s in zip(idle, batch["instructions"])]
         k = self.unroll_k()
         noise = torch.randn(reference.shape, device=dev, dtype=reference.dtype)
@@ -200,7 +208,12 @@ class Trainer:
                 logs[key] = logs.get(key, 0.0) + value / accum
         if finite:
             self._all_reduce(params)
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            if self.fsdp:
+                from .fsdp import clip_grad_norm
+
+                norm = clip_grad_norm(params, self.cfg.optim.grad_clip)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
             finite = bool(torch.isfinite(norm))
             logs[f"{prefix}grad_norm"] = norm.item()
         if finite:
@@ -214,6 +227,10 @@ class Trainer:
     def _all_reduce(self, params) -> None:
         if self.acc.num_processes == 1:
             return
+        if self.fsdp:  # FSDP reduce-scatters the sharded blocks' gradients itself
+            from .fsdp import is_sharded
+
+            params = [p for p in params if not is_sharded(p)]
         for p in params:
             grad = p.grad if p.grad is not None else torch.zeros_like(p)
             p.grad = self.acc.reduce(grad, reduction="mean")
@@ -263,8 +280,8 @@ class Trainer:
                             writer.add_scalar(key, value, self.step)
                 if self.step % t.save_every == 0 or self.step == t.steps:
                     self.save()
-                if self.is_main and t.preview_every and self.step % t.preview_every == 0:
-                    self.preview()
+                if t.preview_every and self.step % t.preview_every == 0 and (self.is_main or self.fsdp):
+                    self.preview()  # with FSDP every rank runs the sampler (its forwards are collectives)
             bar.close()
             if self._stop:
                 self.save()
@@ -295,16 +312,24 @@ class Trainer:
             "stage": self.cfg.train.stage,
             "editor": self.roles.editor_state_dict(),
             "fake": self.roles.fake_state_dict(),
-            "opt": self.opt.state_dict(),
-            "fake_opt": self.fake_opt.state_dict(),
+            "opt": self._opt_state(self.roles.editor_transformer, self.opt) if self.fsdp else self.opt.state_dict(),
+            "fake_opt": self._opt_state(self.roles.fake_transformer, self.fake_opt) if self.fsdp else self.fake_opt.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
             "config": to_dict(self.cfg),
         }
 
+    @staticmethod
+    def _opt_state(module, opt) -> dict:
+        from .fsdp import full_optimizer_state
+
+        return full_optimizer_state(module, opt)
+
     def save(self) -> None:
+        # With FSDP, gathering the full state is a collective: every rank builds it, rank 0 writes it.
+        state = self.state_dict() if (self.is_main or self.fsdp) else None
         if self.is_main:
-            save_checkpoint(self.run_dir, self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+            save_checkpoint(self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
 
     def _resume(self) -> None:
@@ -318,8 +343,14 @@ class Trainer:
                 "use a new train.run_dir and train.init_from to start a new stage from it"
             )
         self.roles.load_state(state["editor"], state["fake"])
-        self.opt.load_state_dict(state["opt"])
-        self.fake_opt.load_state_dict(state["fake_opt"])
+        if self.fsdp:
+            from .fsdp import load_optimizer_state
+
+            load_optimizer_state(self.roles.editor_transformer, self.opt, state["opt"])
+            load_optimizer_state(self.roles.fake_transformer, self.fake_opt, state["fake_opt"])
+        else:
+            self.opt.load_state_dict(state["opt"])
+            self.fake_opt.load_state_dict(state["fake_opt"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = state["step"]
         if self.acc.num_processes == 1:
@@ -348,7 +379,8 @@ class Trainer:
             outputs.append(edit_images(self.roles.editor_backbone(), image, record.instruction, seeds=i,
                                        steps=s.steps, shift=s.shift, eta=s.eta))
         path = self.run_dir / "previews" / f"step-{self.step:08d}.png"
-        save_preview_grid(path, inputs, outputs)
+        if self.is_main:
+            save_preview_grid(path, inputs, outputs)
         return path
 
 

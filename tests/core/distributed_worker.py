@@ -15,4 +15,6 @@ if no_sync == "1":
 trainer.run()
 rank = trainer.acc.process_index
 torch.save({"editor": trainer.roles.editor_state_dict(), "fake": trainer.roles.fake_state_dict(),
-            "rows": trainer.sampler.state_dict()}, Path(out) / f"rank{rank}.pt")
+            "rows": trainer.sampler.state_dict(), "step": trainer.step,
+            "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.roles.editor_parameters())},
+           Path(out) / f"rank{rank}.pt")

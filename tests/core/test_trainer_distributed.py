@@ -19,16 +19,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path, manifest, no_sync: bool) -> list[dict]:
-    out = tmp_path / ("nosync" if no_sync else "sync")
-    out.mkdir()
+def run_two_ranks(out: Path, manifest, no_sync: bool = False, extra=(), reuse: bool = False) -> list[dict]:
+    """Train with 2 processes; return each rank's final weights (and step)."""
+    out.mkdir(parents=True, exist_ok=reuse)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()),
            str(ROOT / "tests/core/distributed_worker.py"), str(out), "1" if no_sync else "0",
            "model.backbone=z_image", "model.dtype=float32", "judge.dtype=float32", "data.resolution=32",
            f"data.manifest={manifest}", f"train.run_dir={out / 'run'}", "train.steps=2", "train.batch_size=1",
            "train.preview_every=0", "train.gradient_checkpointing=false", "loss.fake_updates=1", "lora.rank=4",
-           "lora.alpha=4", "optim.lr=1e-2", "optim.fake_lr=1e-2", "loss.do_nothing_prob=0"]
+           "lora.alpha=4", "optim.lr=1e-2", "optim.fake_lr=1e-2", "loss.do_nothing_prob=0", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -36,8 +36,8 @@ def _run(tmp_path, manifest, no_sync: bool) -> list[dict]:
 
 
 def test_two_ranks_stay_in_sync_and_only_because_gradients_are_averaged(tmp_path, manifest):  # noqa: F811
-    rank0, rank1 = _run(tmp_path, manifest, no_sync=False)
+    rank0, rank1 = run_two_ranks(tmp_path / "sync", manifest)
     for role in ("editor", "fake"):
         assert all(torch.equal(rank0[role][k], rank1[role][k]) for k in rank0[role]), role
-    drift0, drift1 = _run(tmp_path, manifest, no_sync=True)
+    drift0, drift1 = run_two_ranks(tmp_path / "nosync", manifest, no_sync=True)
     assert any(not torch.allclose(drift0["editor"][k], drift1["editor"][k]) for k in drift0["editor"])
