@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from npedit_core.roles import Roles, with_transformer  # noqa: E402
+from npedit_core.roles import SeparateRoles, with_transformer  # noqa: E402
 
 PAIRS = [(b, j) for b in ("flux2_klein", "z_image") for j in ("qwen2_5_vl", "qwen3_vl", "internvl")]
 #: Transformer sizes for part B (overrides of the tiny FLUX.2-klein transformer config).
@@ -46,34 +46,27 @@ def rss_mib() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-class ThreeCopies(Roles):
+class ThreeCopies(SeparateRoles):
     """Baseline layout: separate editor / fake / teacher transformers; editor and fake carry LoRA."""
 
     def __init__(self, backbone, rank, alpha, dropout):
         from peft import LoraConfig
 
-        self.backbone = backbone
-        base = backbone.transformer.requires_grad_(False)
-        teacher, fake = copy.deepcopy(base), copy.deepcopy(base)
+        self.backbone, self.sharded = backbone, False
+        self.editor_transformer = backbone.transformer.requires_grad_(False)
+        self.teacher_transformer = copy.deepcopy(self.editor_transformer)
+        self.fake_transformer = copy.deepcopy(self.editor_transformer)
         targets = backbone.lora_target_modules()  # before any wrapping: peft replaces the Linears
-        for module in (base, fake):
+        for module in (self.editor_transformer, self.fake_transformer):
             module.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets))
-        self._fake, self._teacher = with_transformer(backbone, fake), with_transformer(backbone, teacher)
-
-    def editor(self, x_t, t, text, reference):
-        return self.backbone.velocity(x_t, t, text, reference)
-
-    def fake(self, x_t, t, text):
-        return self._fake.velocity(x_t, t, text, None)
-
-    def teacher(self, x_t, t, text):
-        return self._teacher.velocity(x_t, t, text, None)
+        self._fake = with_transformer(backbone, self.fake_transformer)
+        self._teacher = with_transformer(backbone, self.teacher_transformer)
 
     def editor_parameters(self):
-        return [p for p in self.backbone.transformer.parameters() if p.requires_grad]
+        return [p for p in self.editor_transformer.parameters() if p.requires_grad]
 
     def fake_parameters(self):
-        return [p for p in self._fake.transformer.parameters() if p.requires_grad]
+        return [p for p in self.fake_transformer.parameters() if p.requires_grad]
 
 
 def worker(spec: dict) -> dict:
