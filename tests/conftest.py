@@ -37,3 +37,12 @@ def photo(name: str) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def photos():
     return photo
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, qwen_tokenizer_path):
+    """A ComfyUI-style models folder of tiny random models (tests/tiny_models.py): (path, names shown by the loaders)."""
+    from tests.tiny_models import write_models
+
+    root = tmp_path_factory.mktemp("comfyui") / "models"
+    return root, write_models(root)

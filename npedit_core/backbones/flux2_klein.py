@@ -472,9 +472,15 @@ class Flux2KleinBackbone(Backbone):
                 "Flux2KleinBackbone.from_single_files(transformer=..., vae=..., text_encoder=..., tokenizer=...)"
             )
         root = require_path(root, "FLUX.2-klein diffusers folder", kind="dir")
+        kwargs = {**_backbone_options(root), **kwargs}
+        vae = root / "vae"
+        if kwargs.pop("vae", None) == "taef2":  # a small checkpoint trained in TAEF2's latent space
+            from .taef2 import TAEF2, TAEF2AsFlux2VAE
+
+            vae = TAEF2AsFlux2VAE(TAEF2.from_files(vae, dtype=vae_dtype, device=device))
         return cls.from_single_files(
             transformer=root / "transformer",
-            vae=root / "vae",
+            vae=vae,
             text_encoder=root / "text_encoder",
             tokenizer=root / "tokenizer",
             dtype=dtype,
@@ -501,7 +507,8 @@ class Flux2KleinBackbone(Backbone):
         - transformer: ComfyUI `diffusion_models/flux-2-klein-*.safetensors` (BFL original keys, with or
           without the `model.diffusion_model.` prefix) or diffusers keys; the shapes select the
           FLUX.2-klein-4B or -9B config.
-        - vae: ComfyUI `vae/flux2-vae.safetensors` (BFL/LDM keys) or a diffusers `AutoencoderKLFlux2` file.
+        - vae: ComfyUI `vae/flux2-vae.safetensors` (BFL/LDM keys) or a diffusers `AutoencoderKLFlux2` file,
+          or an already built module with its interface (e.g. `taef2.TAEF2AsFlux2VAE`).
         - text_encoder: ComfyUI `text_encoders/qwen_3_4b.safetensors` (or 8B), HF Qwen3 keys with any prefix.
         - tokenizer: a Qwen tokenizer folder (or a loaded tokenizer); None uses the project's shared
           fixture if present.
@@ -509,7 +516,7 @@ class Flux2KleinBackbone(Backbone):
         """
         return cls(
             load_transformer(transformer, dtype=dtype, device=device),
-            load_vae(vae, dtype=vae_dtype, device=device),
+            vae if isinstance(vae, nn.Module) else load_vae(vae, dtype=vae_dtype, device=device),
             load_text_encoder(text_encoder, dtype=dtype, device=device),
             _load_tokenizer(tokenizer),
             **kwargs,
@@ -540,6 +547,30 @@ def _load_tokenizer(path):
         return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except Exception as err:
         raise CheckpointError(f"tokenizer: cannot load a tokenizer from {p} ({err})") from err
+
+
+#: Optional file in a diffusers folder with constructor options of small/custom checkpoints
+#: (e.g. the micro-world's: a 3-layer text encoder read at layers (1, 2, 3), 40-token prompts, TAEF2 as
+#: its VAE).
+BACKBONE_OPTIONS_FILE = "npedit_backbone.json"
+_BACKBONE_OPTIONS = ("max_sequence_length", "text_layers", "vae")  # vae: "taef2" = TAEF2 files in vae/
+
+
+def _backbone_options(root: Path) -> dict:
+    """`max_sequence_length` / `text_layers` from `root/npedit_backbone.json` ({} when absent)."""
+    path = root / BACKBONE_OPTIONS_FILE
+    if not path.is_file():
+        return {}
+    import json
+
+    try:
+        options = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+    unknown = sorted(set(options) - set(_BACKBONE_OPTIONS)) if isinstance(options, dict) else ["<not a mapping>"]
+    if unknown:
+        raise CheckpointError(f"{path}: unknown option(s) {unknown}; allowed: {', '.join(_BACKBONE_OPTIONS)}")
+    return options
 
 
 def _from_folder(loader: Callable, path: Path, what: str, **kwargs) -> nn.Module:

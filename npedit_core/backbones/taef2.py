@@ -61,7 +61,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from npedit_core.errors import CheckpointError, NPEditError
+from ..errors import CheckpointError, NPEditError
 
 LATENT_CHANNELS = 32  # TAEF2 / AutoencoderKLFlux2 latent channels before the 2x2 patchify
 PATCHIFIED_CHANNELS = 4 * LATENT_CHANNELS  # 128: what the FLUX.2 transformer sees
@@ -404,3 +404,49 @@ def encode_flux2_latents(taef2: TAEF2, images: torch.Tensor) -> torch.Tensor:
     if h % 16 or w % 16:
         raise NPEditError(f"encode_flux2_latents needs image sides that are multiples of 16, got {h}x{w}")
     return patchify_flux2(taef2.encode(images))
+
+
+class _Deterministic:
+    """A posterior with one value: `.mode()` (what `Flux2KleinBackbone.encode_images` reads) returns it."""
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+    def mode(self) -> torch.Tensor:
+        return self.value
+
+
+class TAEF2AsFlux2VAE(nn.Module):
+    """TAEF2 behind the part of `AutoencoderKLFlux2`'s interface that `Flux2KleinBackbone` uses.
+
+    So a backbone can run on TAEF2 latents end to end (e.g. a small checkpoint trained in TAEF2's
+    latent space; `npedit_backbone.json` {"vae": "taef2"}). Conventions are converted here:
+    `encode` takes [-1, 1] images and returns TAEF2 latents as the "raw" latents; `bn` is an identity
+    BatchNorm (running mean 0, var 1, eps 0), because TAEF2 latents already are the normalised ones
+    (the same trick as the TAEF2 author's diffusers wrapper, see the module docstring); `decode`
+    returns [-1, 1] images.
+    """
+
+    def __init__(self, taef2: TAEF2):
+        super().__init__()
+        from types import SimpleNamespace
+
+        if taef2.encoder is None or taef2.decoder is None:
+            raise NPEditError("TAEF2AsFlux2VAE needs both the TAEF2 encoder and decoder")
+        self.taef2 = taef2
+        self.bn = nn.BatchNorm2d(PATCHIFIED_CHANNELS, affine=False, eps=0.0)  # identity in eval mode
+        self.config = SimpleNamespace(latent_channels=LATENT_CHANNELS, patch_size=(2, 2),
+                                      block_out_channels=(64,) * 4, batch_norm_eps=0.0)
+
+    def encode(self, x: torch.Tensor):
+        """[-1, 1] images (B, 3, H, W) -> an object whose `.latent_dist.mode()` is (B, 32, H/8, W/8)."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=_Deterministic(self.taef2.encode((x + 1) / 2)))
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        """(B, 32, h, w) -> [-1, 1] images (B, 3, 8h, 8w), unclamped (the backbone clamps after rescaling)."""
+        from types import SimpleNamespace
+
+        image = self.taef2.decode(z, clamp=False) * 2 - 1
+        return SimpleNamespace(sample=image) if return_dict else (image,)

@@ -1,0 +1,36 @@
+"""The NP-Edit ComfyUI nodes (V3 API): thin adapters over `npedit_core`; `comfy_entrypoint` registers them.
+
+Imports are relative (`..npedit_core`): ComfyUI loads this pack from its folder as a package, and the
+core is not necessarily installed as a top-level package there.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import folders
+from .loaders import NPEditLoadCritic, NPEditLoadEditor, NPEditLoadJudge
+from .refine import NPEditRefine
+from .sampler import NPEditSampler
+from .scoring import NPEditDMDCritic, NPEditSelectBest, NPEditVLMScore
+
+NODES: list[type[io.ComfyNode]] = [
+    NPEditLoadEditor,
+    NPEditLoadJudge,
+    NPEditLoadCritic,
+    NPEditSampler,
+    NPEditVLMScore,
+    NPEditDMDCritic,
+    NPEditSelectBest,
+    NPEditRefine,
+]
+
+
+class NPEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> NPEditExtension:
+    folders.register()
+    return NPEditExtension()

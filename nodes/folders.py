@@ -1,0 +1,117 @@
+"""Where the loaders find model files: ComfyUI's model folders (so extra_model_paths.yaml works) plus our own.
+
+- `npedit`  (models/npedit, registered here): diffusers model folders, tokenizer folders, NP-Edit exports
+- `LLM`     (models/LLM, registered here if ComfyUI has none): VLM judge folders
+- ComfyUI's own: `diffusion_models`, `text_encoders`, `vae`, `vae_approx`, `loras`, `diffusers`
+Lists are rebuilt on every schema request, so ComfyUI's refresh shows new files. Folders are offered as
+"name/" (trailing slash), single files by their path relative to the model folder. Nothing is ever
+downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..npedit_core.errors import NPEditError
+
+OURS, LLM = "npedit", "LLM"
+NONE = "none"
+MAX_DEPTH = 3  # how deep to look for model folders below each root
+
+
+def register() -> None:
+    """Add models/npedit and models/LLM to ComfyUI's folder table (idempotent)."""
+    for name in (OURS, LLM):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+
+
+def _roots(*names: str) -> list[str]:
+    roots = []
+    for name in names:
+        if name in folder_paths.folder_names_and_paths:
+            roots += [p for p in folder_paths.get_folder_paths(name) if os.path.isdir(p) and p not in roots]
+    return roots
+
+
+def _walk(root: str):
+    """(relative dir, files) below root, at most MAX_DEPTH levels, sorted, skipping hidden folders.
+
+    A model folder (config.json or model_index.json) is listed but not entered: its parts are not
+    models of their own.
+    """
+    for path, dirs, files in os.walk(root, followlinks=True):
+        rel = os.path.relpath(path, root)
+        depth = 0 if rel == "." else rel.count(os.sep) + 1
+        inside = depth < MAX_DEPTH and not {"config.json", "model_index.json"} & set(files)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if inside else []
+        yield ("" if rel == "." else rel.replace(os.sep, "/")), files
+
+
+def _folders(names: tuple[str, ...], marker) -> list[str]:
+    found = []
+    for root in _roots(*names):
+        for rel, files in _walk(root):
+            if rel and marker(set(files)) and rel + "/" not in found:
+                found.append(rel + "/")
+    return sorted(found)
+
+
+def diffusers_folders() -> list[str]:
+    """Diffusers model folders (with model_index.json) under models/npedit and models/diffusers."""
+    return _folders((OURS, "diffusers"), lambda files: "model_index.json" in files)
+
+
+def tokenizer_folders() -> list[str]:
+    """Tokenizer folders (tokenizer.json or tokenizer_config.json) under models/npedit, models/LLM, text_encoders."""
+    return _folders((OURS, LLM, "text_encoders"), lambda files: bool({"tokenizer.json", "tokenizer_config.json"} & files))
+
+
+def vlm_folders() -> list[str]:
+    """Hugging Face model folders with a config.json and weights under models/LLM and models/npedit."""
+    weights = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
+    return _folders((LLM, OURS), lambda files: "config.json" in files and any(f.endswith(weights) for f in files))
+
+
+def files(name: str) -> list[str]:
+    """ComfyUI's file list of one model folder (empty if ComfyUI has no such folder)."""
+    try:
+        return folder_paths.get_filename_list(name)
+    except KeyError:
+        return []
+
+
+def export_files() -> list[str]:
+    """NP-Edit weight files: ComfyUI's loras plus .safetensors in models/npedit outside model folders."""
+    found = list(files("loras"))
+    for root in _roots(OURS):
+        for rel, names in _walk(root):
+            if {"config.json", "model_index.json"} & set(names):
+                continue
+            for name in names:
+                path = f"{rel}/{name}" if rel else name
+                if name.endswith(".safetensors") and path not in found:
+                    found.append(path)
+    return sorted(found)
+
+
+def resolve_folder(value: str, names: tuple[str, ...], what: str) -> str:
+    """Full path of a "name/" folder choice, searched in the roots of `names`."""
+    for root in _roots(*names):
+        path = os.path.join(root, value.rstrip("/"))
+        if os.path.isdir(path):
+            return path
+    raise NPEditError(f"{what}: folder {value!r} not found in {', '.join(_roots(*names)) or 'any model folder'}")
+
+
+def resolve_file(value: str, names: tuple[str, ...], what: str) -> str:
+    """Full path of a file choice, searched in ComfyUI's folders `names` (then in models/npedit)."""
+    for name in names:
+        try:
+            path = folder_paths.get_full_path(name, value)
+        except KeyError:
+            path = None
+        if path:
+            return path
+    raise NPEditError(f"{what}: file {value!r} not found in the {', '.join(names)} model folders")
