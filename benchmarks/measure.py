@@ -66,7 +66,8 @@ def interleaved(fns: dict, device: torch.device, repeats: int, warmup: int = 1) 
         for name, fn in fns.items():
             samples[name].append(measure(fn, device))
     return {
-        name: {"median_s": statistics.median(s for s, _ in runs), "peak_mib": max(m for _, m in runs),
+        name: {"median_s": statistics.median(s for s, _ in runs), "min_s": min(s for s, _ in runs),
+               "peak_mib": max(m for _, m in runs),
                "runs_s": [round(s, 4) for s, _ in runs]}
         for name, runs in samples.items()
     }
