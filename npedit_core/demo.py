@@ -1,12 +1,15 @@
-"""The built-in demo (`python -m train_cli demo`): the whole NP-Edit path on a CPU in minutes.
+"""The built-in demo (`python -m train_cli demo`): the whole NP-Edit method in the micro-world, on a CPU.
 
-Stage 1 warm-up (reference copy), stage 2 NP-Edit (unroll -> decode -> judge + DMD), export, then edit
-the demo photos with the exported editor and write a before/after grid.
+The micro-world (npedit_core/microworld/) is a procedurally rendered world of shapes whose pretrained
+parts ship with the repository: a small FLUX.2-klein teacher trained on its scenes (TAEF2 as its
+VAE), a small Qwen2.5-VL judge trained on yes/no questions about them, and a warm-up editor. So the
+edits are real and checkable: an oracle computed from the scene graph scores instruction success and
+preservation of the rest, before and after training.
 
-The models are tiny random-initialised components of the real classes (FLUX.2-klein backbone,
-Qwen2.5-VL judge), because no pretrained model can be downloaded here: the demo shows every part
-running and the losses moving, not meaningful edits. Point `model.path` / `judge.path` at local
-checkpoints to run the same thing for real.
+Stage 1 warm-up (a short continuation of the shipped reference-copy warm-up), stage 2 NP-Edit
+(unroll -> decode -> judge + DMD; no edited images anywhere), export, then edit held-out scenes with
+the exported editor, print the oracle's scores and write a before/after grid. About 5 CPU minutes.
+For real models, `python -m train_cli train` with `model.path` / `judge.path` set.
 """
 
 from __future__ import annotations
@@ -14,60 +17,70 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from .config import load_config
-from .data import demo_manifest, read_manifest
-from .editing import edit_files
 from .export import export_checkpoint
 from .previews import save_preview_grid
-from .editing import read_image
-from .trainer import run_training
+from .trainer import Trainer
 
-DEMO_SETTINGS = [
-    "data.resolution=64",
-    "train.batch_size=1",
-    "train.log_every=1",
-    "train.save_every=2",
-    "train.preview_every=0",
-    "train.gradient_checkpointing=false",
-    "loss.fake_updates=1",
-    "loss.logit_scale_ramp_steps=4",
-    "lora.rank=4",
-    "lora.alpha=4",
-    "model.dtype=float32",
-    "judge.dtype=float32",
-    "optim.lr=1e-3",
-    "optim.fake_lr=1e-3",
-]
+NPEDIT_STEPS = 30
+WARMUP_STEPS = 10
 
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print) -> Path:
+    from .microworld.editor import SETTINGS, WARMUP_SETTINGS, evaluate, eval_items, examples, load_warmup, write_manifest
+    from .microworld.world import render_batch
+
     out = Path(out)
-    data = demo_manifest(out / "data")
-    common = DEMO_SETTINGS + [f"data.manifest={data}", *overrides]
-    log("NP-Edit demo: tiny random models of the real classes (see npedit_core/demo.py); edits are not meaningful.")
+    log("NP-Edit demo in the micro-world (npedit_core/microworld): shipped teacher, judge and warm-up editor.")
+    items = examples(512)
+    manifest = write_manifest(out / "data", items)
+    evals = eval_items(10)
+    common = SETTINGS + [f"data.manifest={manifest}", "train.log_every=1"]
 
-    log("[1/4] warm-up: teach the editor to copy its reference")
-    warm = load_config(None, common + ["train.stage=warmup", "train.steps=4", f"train.run_dir={out / 'warmup'}"])
-    run_training(warm, log=log)
+    log(f"[1/4] warm-up: {WARMUP_STEPS} more reference-copy steps from the shipped warm-up editor")
+    warm = load_config(None, common + WARMUP_SETTINGS + [
+        f"train.steps={WARMUP_STEPS}", f"train.save_every={WARMUP_STEPS}", f"train.run_dir={out / 'warmup'}",
+        *overrides])
+    trainer = Trainer(warm, log=log)
+    if trainer.step == 0:  # a fresh run directory: start from the shipped warm-up editor
+        load_warmup(trainer)
+    trainer.run()
+    before, before_out = evaluate(trainer.roles.editor_backbone(), evals, warm.sampler)
+    _report(log, "oracle before NP-Edit", before)
 
-    log("[2/4] NP-Edit: unrolled editor, judged by the VLM, kept on the manifold by DMD")
-    main = load_config(None, common + ["train.stage=npedit", "train.steps=4", f"train.run_dir={out / 'npedit'}",
-                                       f"train.init_from={out / 'warmup'}"])
-    run_training(main, log=log)
-    for line in (out / "npedit" / "metrics.jsonl").read_text().splitlines():
-        logs = json.loads(line)
+    log(f"[2/4] NP-Edit ({NPEDIT_STEPS} steps): unrolled editor, judged by the VLM, kept on the manifold by DMD")
+    main = load_config(None, common + [
+        "train.stage=npedit", f"train.steps={NPEDIT_STEPS}", f"train.save_every={NPEDIT_STEPS}",
+        f"train.run_dir={out / 'npedit'}", f"train.init_from={out / 'warmup'}", *overrides])
+    trainer = Trainer(main, log=log)
+    trainer.run()
+    lines = [json.loads(x) for x in (out / "npedit" / "metrics.jsonl").read_text().splitlines()]
+    for logs in lines[:: max(1, len(lines) // 6)] + lines[-1:]:
         terms = {k: round(v, 4) for k, v in logs.items() if k.endswith("loss") or k.startswith("p_yes")}
         log(f"  step {logs['step']}: {terms}")
+    after, after_out = evaluate(trainer.roles.editor_backbone(), evals, main.sampler)
+    _report(log, "oracle after NP-Edit", after)
 
     log("[3/4] export the editor")
     editor = export_checkpoint(out / "npedit", out / "editor.safetensors")
     log(f"  wrote {editor}")
 
-    log("[4/4] edit the demo photos with the exported editor")
-    records = read_manifest(data)
-    overrides_edit = [o for o in common if o.startswith(("model.", "sampler."))]
-    edited = edit_files([str(r.image) for r in records], [r.instruction for r in records], str(out / "edits"),
-                        editor=str(editor), overrides=overrides_edit)
-    grid = save_preview_grid(out / "demo_grid.png", [read_image(r.image) for r in records], [read_image(p) for p in edited])
-    log(f"  wrote {len(edited)} edits to {out / 'edits'} and the grid {grid}")
+    log("[4/4] before/after grid of held-out edits")
+    pick = list(range(10))  # two of each edit type (eval_items cycles through the types)
+    inputs = render_batch([evals[i][0] for i in pick])
+    targets = render_batch([evals[i][1].target for i in pick])
+    grid = save_preview_grid(out / "demo_grid.png", list(inputs), list(targets),
+                             [before_out[i] for i in pick], [after_out[i] for i in pick])
+    (out / "demo_grid.txt").write_text("columns: input | target (oracle) | before NP-Edit | after NP-Edit\nrows: "
+                                       + "; ".join(evals[i][1].instruction for i in pick) + "\n")
+    (out / "oracle.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
+    log(f"  wrote {grid} (columns: input, target, before, after) and {out / 'oracle.json'}")
     return out
+
+
+def _report(log, title: str, metrics: dict) -> None:
+    parts = ", ".join(f"{k} {v['success']:.2f}" for k, v in metrics.items() if k != "all")
+    a = metrics["all"]
+    log(f"  {title}: success {a['success']:.3f}, preservation {a['preservation']:.3f} (per type: {parts})")

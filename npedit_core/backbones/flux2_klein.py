@@ -475,8 +475,12 @@ class Flux2KleinBackbone(Backbone):
         kwargs = {**_backbone_options(root), **kwargs}
         vae = root / "vae"
         if kwargs.pop("vae", None) == "taef2":  # a small checkpoint trained in TAEF2's latent space
+            from ..assets import taef2_dir
             from .taef2 import TAEF2, TAEF2AsFlux2VAE
 
+            # TAEF2's files in the folder's vae/, else the shared copy (the repository ships none).
+            if not (vae / "taef2_decoder.pth").is_file():
+                vae = taef2_dir()
             vae = TAEF2AsFlux2VAE(TAEF2.from_files(vae, dtype=vae_dtype, device=device))
         return cls.from_single_files(
             transformer=root / "transformer",

@@ -1,0 +1,124 @@
+"""The micro-world experiment: warm-up, then NP-Edit (no pairs) against its ablations and a paired baseline.
+
+Rows (npedit_core/microworld/editor.py VARIANTS), all from the shipped warm-up editor, at equal editor
+steps, batch and learning rate, each over several seeds (training seed = noise seed of the oracle's
+edits): NP-Edit (judge + DMD), (a) supervised flow matching on the procedural pairs, (b) only DMD,
+(c) only the VLM loss, (d) no identity question; plus the warm-up editor itself (no further training).
+The oracle (microworld/oracle.py) scores success and preservation per edit type on a fixed balanced
+evaluation set. Writes benchmarks/results/microworld.json, microworld.md and microworld_grid.png.
+
+    python benchmarks/microworld.py --steps 60 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from npedit_core.microworld.editor import (  # noqa: E402
+    VARIANTS, WARMUP_FILE, evaluate, eval_items, examples, make_trainer, write_manifest,
+)
+from npedit_core.microworld.world import EDIT_TYPES, render_batch  # noqa: E402
+from npedit_core.previews import save_preview_grid  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, evals, log) -> dict:
+    """One row x seed: the warm-up row is the NP-Edit trainer at 0 steps (the shipped warm-up editor)."""
+    label = variant
+    variant = "npedit" if variant == "warmup" else variant
+    started = time.perf_counter()
+    trainer = make_trainer(variant, work / f"{variant}-s{seed}", manifest, items, steps, seed, log=lambda *a: None)
+    if steps:
+        trainer.run()
+    train_s = time.perf_counter() - started
+    metrics, outputs = evaluate(trainer.roles.editor_backbone(), evals, trainer.cfg.sampler, seed=seed)
+    log(f"{label} seed {seed}: success {metrics['all']['success']:.3f} preservation "
+        f"{metrics['all']['preservation']:.3f} ({train_s:.0f} s training)")
+    return {"variant": label, "seed": seed, "steps": steps, "train_seconds": round(train_s, 1),
+            "metrics": metrics, "outputs": outputs}
+
+
+def summarise(runs: list[dict]) -> dict:
+    table: dict = {}
+    for r in runs:
+        table.setdefault(r["variant"], []).append(r)
+    out = {}
+    for variant, rs in table.items():
+        row = {"seeds": [r["seed"] for r in rs], "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rs)}
+        for group in ["all", *EDIT_TYPES]:
+            for key in ("success", "preservation"):
+                vals = [r["metrics"][group][key] for r in rs if group in r["metrics"]]
+                row[f"{group}/{key}"] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        out[variant] = row
+    return out
+
+
+def markdown(summary: dict, steps: int, n_eval: int) -> str:
+    head = ["row", "success", "preservation"] + [f"{t} succ." for t in EDIT_TYPES]
+    lines = [f"Micro-world, {steps} editor steps from the shipped warm-up, oracle on {n_eval} balanced held-out "
+             "edits; mean ± std over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, row in summary.items():
+        cells = [f"{variant} (n={len(row['seeds'])})"]
+        for key in ("all/success", "all/preservation", *[f"{t}/success" for t in EDIT_TYPES]):
+            m, s = row[key]
+            cells.append(f"{m:.3f} ± {s:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=["warmup", *VARIANTS])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--eval-per-type", type=int, default=10)
+    ap.add_argument("--work", default="runs/microworld-bench")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    work, out = Path(a.work), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = examples(a.n_train)
+    manifest = write_manifest(work / "data", items)
+    evals = eval_items(a.eval_per_type)
+    json_path = out / "microworld.json"
+    runs = []
+    for variant in a.variants:
+        for seed in a.seeds:
+            runs.append(run(variant, seed, 0 if variant == "warmup" else a.steps, work, manifest, items, evals, print))
+            summary = summarise(runs)  # checkpoint the table after every run
+            json_path.write_text(json.dumps({
+                "steps": a.steps, "seeds": a.seeds, "eval_examples": len(evals), "n_train": a.n_train,
+                "warmup_file": str(WARMUP_FILE), "summary": summary,
+                "runs": [{k: v for k, v in x.items() if k != "outputs"} for x in runs]}, indent=2))
+            (out / "microworld.md").write_text(markdown(summary, a.steps, len(evals)))
+    # grid: two examples per edit type; columns input, target, then each row's seed-0 output
+    pick = [i for t in range(len(EDIT_TYPES)) for i in (t, t + len(EDIT_TYPES))]
+    first = {}
+    for r in runs:
+        first.setdefault(r["variant"], r["outputs"])
+    inputs = render_batch([evals[i][0] for i in pick])
+    targets = render_batch([evals[i][1].target for i in pick])
+    cols = [[targets[k] for k in range(len(pick))]] + [[o[i] for i in pick] for o in first.values()]
+    save_preview_grid(out / "microworld_grid.png", list(inputs), *cols)
+    (out / "microworld_grid.txt").write_text(
+        "columns: input | target (oracle's) | " + " | ".join(first) + "\nrows: "
+        + "; ".join(evals[i][1].instruction for i in pick) + "\n")
+    print(markdown(summarise(runs), a.steps, len(evals)))
+
+
+if __name__ == "__main__":
+    main()

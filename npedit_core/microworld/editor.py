@@ -1,0 +1,207 @@
+"""Training and scoring editors in the micro-world with the project's own Trainer.
+
+The pretrained parts load through the ordinary config keys, like real checkpoints:
+`model.path=<weights/teacher>` (a diffusers FLUX.2-klein folder) and `judge.path=<weights/judge>`
+(a transformers Qwen2.5-VL folder). Training data is an ordinary manifest of rendered reference
+images with instruction, edit type, object and edited caption (`write_manifest`): no target image is
+written for NP-Edit. Variants of the method are config overrides (`VARIANTS`); the supervised
+baseline is the one subclass here (`SupervisedTrainer`), because it is the only one that needs pairs.
+
+    python -m npedit_core.microworld.editor warmup --out npedit_core/microworld/weights/warmup.pt
+
+rebuilds the shipped warm-up editor (reference copy, full fine-tune) from the shipped teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..config import NPEditConfig, load_config
+from ..losses import sample_train_times
+from ..sampler import edit_images
+from ..trainer import Trainer
+from .oracle import aggregate, score
+from .world import EDIT_TYPES, render, render_batch, sample_example
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+TEACHER_DIR, JUDGE_DIR, WARMUP_FILE = WEIGHTS / "teacher", WEIGHTS / "judge", WEIGHTS / "warmup.pt"
+TRAIN_SEED_BASE, EVAL_SEED_BASE = 0, 10**8  # training and evaluation examples never share a seed
+
+#: The micro-world recipe: the project's defaults except where a 64-px, CPU-minutes world needs
+#: otherwise (why, per line). Everything else (4-step schedule, shift 6, eta 1, AdamW betas (0, 0.9),
+#: grad clip 2, two-token judge loss, DMD with CFG 3.5/7.5 and the negative prompt) is unchanged.
+SETTINGS = [
+    f"model.path={TEACHER_DIR}", f"judge.path={JUDGE_DIR}",
+    "model.dtype=float32", "judge.dtype=float32",  # CPU
+    "data.resolution=64",  # 64x64 scenes: 4x4 latent tokens
+    "lora.enabled=false",  # full fine-tune (editor, fake score, teacher as three 1.7M-parameter copies):
+    # a rank-32 LoRA warm-up copied far worse in the same 300 steps (loss 0.28, objects lost)
+    "train.batch_size=8", "train.gradient_checkpointing=false",  # tiny models: memory is no issue
+    "train.log_every=1", "train.preview_every=0", "train.keep_checkpoints=1",
+    "optim.lr=1e-4", "optim.fake_lr=1e-4",  # minutes, not days: 5x the re-implementation's 2e-5 (5e-4 wrecked the copy in 2 steps)
+    "loss.fake_updates=1",  # the two-time-scale rule at 1:1 (5:1 costs 3x the compute on a CPU)
+    "loss.logit_scale_start=1.0",  # the judge was trained at scale 1; a 2,000-step ramp is longer than the run
+    "loss.w_vlm=0.1",
+]
+WARMUP_SETTINGS = ["train.stage=warmup", "train.batch_size=16", "optim.lr=5e-4"]
+
+#: name -> (extra overrides, trainer class name); all run the same number of editor updates.
+VARIANTS: dict[str, list[str]] = {
+    "npedit": [],
+    "supervised": ["train.stage=warmup"],  # SupervisedTrainer: flow matching on the procedural pairs
+    "dmd_only": ["loss.w_vlm=0"],
+    "vlm_only": ["loss.w_dmd=0", "loss.fake_updates=0"],
+    "no_identity": ["loss.identity_question=false"],
+}
+
+
+# --- data ---------------------------------------------------------------------------------------
+def examples(n: int, base: int = TRAIN_SEED_BASE, balanced: bool = False):
+    """[(scene, edit)] from seeds base..base+n-1; `balanced` cycles through the edit types."""
+    return [sample_example(base + i, EDIT_TYPES[i % len(EDIT_TYPES)] if balanced else None) for i in range(n)]
+
+
+def write_manifest(folder: str | Path, items) -> Path:
+    """Reference PNGs + `train.jsonl` (image, instruction, edit_type, object, edited/source caption).
+
+    Row r is items[r - 1]; the scene graph rides along in a "scene" column the reader ignores.
+    Only references are written: the edited scenes stay in memory (supervised baseline, oracle).
+    """
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (scene, edit) in enumerate(items):
+        name = f"images/{i:06d}.png"
+        array = (render(scene).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(array).save(folder / name)
+        rows.append({"image": name, "instruction": edit.instruction, "edit_type": edit.edit_type,
+                     "object": edit.object, "edited_caption": edit.target.caption(),
+                     "source_caption": scene.caption(), "scene": scene.to_dict()})
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_config(run_dir: str | Path, manifest: str | Path, steps: int, seed: int, extra=()) -> NPEditConfig:
+    return load_config(None, SETTINGS + [f"data.manifest={manifest}", f"train.run_dir={run_dir}",
+                                         f"train.steps={steps}", f"train.save_every={steps}",
+                                         f"train.seed={seed}", *extra])
+
+
+# --- the supervised baseline ----------------------------------------------------------------------
+class SupervisedTrainer(Trainer):
+    """Flow matching from (reference, instruction) to the rendered target: the paired baseline.
+
+    Same editor, optimiser, data order and step count as NP-Edit; the loss is the warm-up's
+    (logit-normal t with the time shift) with the target latents in place of the reference's.
+    """
+
+    def __init__(self, cfg, items, **kwargs):
+        self.items = items
+        super().__init__(cfg, **kwargs)
+
+    def editor_losses(self, batch):
+        dev = self.device
+        with torch.no_grad():
+            reference = self.backbone.encode_images(batch["images"].to(dev))
+            targets = render_batch([self.items[r - 1][1].target for r in batch["rows"]]).to(dev)
+            x0 = self.backbone.encode_images(targets)
+        text = self.text(batch["instructions"], dev)
+        t = sample_train_times(x0.shape[0], self.cfg.sampler.shift, dev)
+        eps = torch.randn_like(x0)
+        tb = t.view(-1, 1, 1, 1)
+        v = self.roles.editor(((1 - tb) * x0 + tb * eps), t, text, reference)
+        loss = F.mse_loss(v.float(), (eps - x0).float())
+        return loss, {"supervised_loss": loss.item()}
+
+
+def make_trainer(variant: str, run_dir, manifest, items, steps: int, seed: int, init_from=WARMUP_FILE,
+                 extra=(), log=print) -> Trainer:
+    """A Trainer for `variant` whose editor starts from the warm-up file (None: from the teacher)."""
+    cfg = make_config(run_dir, manifest, steps, seed, [*VARIANTS[variant], *extra])
+    trainer = SupervisedTrainer(cfg, items, log=log) if variant == "supervised" else Trainer(cfg, log=log)
+    if init_from is not None and trainer.step == 0:  # not when resuming the run directory
+        load_warmup(trainer, init_from)
+    return trainer
+
+
+def load_warmup(trainer: Trainer, path=WARMUP_FILE) -> None:
+    """Editor weights from a warm-up file (fp16 full transformer); the fake score stays the teacher's copy."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    editor = {k: v.float() for k, v in state["editor"].items()}
+    trainer.roles.load_state(editor, trainer.roles.fake_state_dict())
+
+
+# --- scoring ------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(editor_backbone, items, sampler_cfg, seed: int = 0, batch: int = 50) -> tuple[dict, torch.Tensor]:
+    """Edit every example with the 4-step sampler (noise seeds seed + i) and score it with the oracle.
+
+    Returns (aggregate per edit type, outputs (N, 3, 64, 64)).
+    """
+    outs = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        refs = render_batch([s for s, _ in chunk])
+        outs.append(edit_images(editor_backbone, refs, [e.instruction for _, e in chunk],
+                                seeds=[seed + start + i for i in range(len(chunk))],
+                                steps=sampler_cfg.steps, shift=sampler_cfg.shift, eta=sampler_cfg.eta))
+    outs = torch.cat(outs)
+    return aggregate([score(o, s, e) for o, (s, e) in zip(outs, items)]), outs
+
+
+def eval_items(per_type: int = 10):
+    return examples(per_type * len(EDIT_TYPES), EVAL_SEED_BASE, balanced=True)
+
+
+# --- the warm-up editor ---------------------------------------------------------------------------
+def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 400, seed: int = 0, n_data: int = 2000,
+                 work: str | Path = "runs/microworld-warmup", log=print) -> dict:
+    """Reference-copy warm-up of the (fully fine-tuned) editor from the teacher; saves {"editor"} to `out`."""
+    work = Path(work)
+    start = time.perf_counter()
+    items = examples(n_data)
+    manifest = write_manifest(work / "data", items)
+    cfg = make_config(work / "run", manifest, steps, seed, WARMUP_SETTINGS)
+    trainer = Trainer(cfg, log=log)
+    trainer.run()
+    seconds = time.perf_counter() - start
+    lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = sum(x["warmup_loss"] for x in lines[-50:]) / len(lines[-50:])
+    metrics, _ = evaluate(trainer.roles.editor_backbone(), eval_items(), cfg.sampler)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # fp16 on disk (3.3 MB): the demo must ship with the repository; loaded back as float32
+    torch.save({"editor": {k: v.half() for k, v in trainer.roles.editor_state_dict().items()}}, out)
+    report = {"steps": steps, "seed": seed, "seconds": round(seconds, 1), "final_warmup_loss_mean50": round(final, 5),
+              "oracle": metrics}
+    (out.parent / "warmup_log.json").write_text(json.dumps(report, indent=2))
+    log(f"warm-up: {report}")
+    return report
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="micro-world editors")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("warmup", help="rebuild the warm-up editor from the teacher")
+    w.add_argument("--out", default=str(WARMUP_FILE))
+    w.add_argument("--steps", type=int, default=400)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--work", default="runs/microworld-warmup")
+    w.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    build_warmup(a.out, a.steps, a.seed, work=a.work)
+
+
+if __name__ == "__main__":
+    main()

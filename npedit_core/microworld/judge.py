@@ -1,0 +1,275 @@
+"""The micro-world's judge: a small Qwen2.5-VL (`Qwen25VLJudge`) trained here on yes/no questions.
+
+    python -m npedit_core.microworld.judge --out npedit_core/microworld/weights/judge
+
+writes a transformers folder that `Qwen25VLJudge.from_pretrained` (and so `judge.path=...`) loads
+like a real checkpoint: `Qwen2_5_VLForConditionalGeneration` (3 text layers of width 128, a 3-block
+vision tower of width 64 with the real 14-px patches and 2x2 merge), the world's tokenizer, and a
+`preprocessor_config.json` that makes the 64x64 images 56x56 (16 patches, 4 merged image tokens each).
+
+It learns the exact questions NP-Edit asks (`judges.prompts.edit_questions`, default templates), read
+through the same differentiable path (`Judge.answer_logits`, two-token softmax), on rendered scenes:
+- edit verification (reference, candidate): Yes for the correctly edited scene (also when something
+  else changed too); No for an unchanged copy, a wrong edit of the same kind (other colour, other
+  object, other place) and another edit altogether;
+- removal "Does this image contain a red circle?" on one image: Yes when the named object is there;
+- identity (reference, candidate): Yes for the correct edit and for an unchanged copy; No when
+  something the instruction does not mention changed too (a second edit, or another scene).
+Classes are balanced per question kind. An auxiliary captioning loss ("Describe this image." -> the
+scene caption, half a batch of single images per step) teaches the vision features and the binding of
+words to regions far faster than the one-bit answers alone (which sat at chance for 300 steps without it). The candidate image is blurred and noised at random, so that
+decoded editor outputs (slightly soft) are judged by content, not by crispness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..judges.base import Question
+from ..judges.prompts import edit_questions
+from ..judges.qwen2_5_vl import Qwen25VLJudge
+from .tokenizer import train_tokenizer
+from .world import Scene, render, sample_edit, sample_example, sample_scene
+
+JUDGE_SIDE = 56  # the processor's min/max_pixels = 56 * 56: 4x4 patches of 14 px, 4 merged tokens per image
+
+
+def build_model(tokenizer, seed: int):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2,  # head_dim 32
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=3, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[0, 1, 2],
+        ),
+        tie_word_embeddings=True, **ids,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def degrade(image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Random softening (3x3 box blur mixed in) and Gaussian noise on a (3, H, W) image."""
+    x = image
+    a = rng.uniform(0.0, 1.0) if rng.random() < 0.7 else 0.0
+    if a:
+        x = (1 - a) * x + a * F.avg_pool2d(x[None], 3, 1, 1, count_include_pad=False)[0]
+    s = rng.uniform(0.0, 0.04)
+    if s:
+        x = x + s * torch.randn(x.shape, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    return x.clamp(0, 1)
+
+
+def _second_edit(scene: Scene, first, rng: random.Random) -> Scene:
+    """`scene` with one more change the first edit did not ask for (another object, or the background once)."""
+    for _ in range(20):
+        extra = sample_edit(scene, rng)
+        if first.edit_type == "background" and extra.edit_type == "background":
+            continue
+        if set(extra.changed) & set(first.changed):
+            continue
+        return extra.target
+    return sample_scene(rng)
+
+
+def make_question(seed: int, kind: str | None = None) -> Question:
+    """One balanced training/evaluation question from an integer seed."""
+    rng = random.Random(seed)
+    scene, edit = sample_example(rng.randrange(2**62))
+    src = render(scene)
+    kind = kind or rng.choice(["edit", "identity"])
+    positive = rng.random() < 0.5
+    if kind == "edit" and edit.edit_type == "remove":
+        # "Does this image contain <object>?": Yes on images that still have it.
+        # _second_edit never touches the removed object, so it is still there
+        candidate = rng.choice([scene, _second_edit(scene, edit, rng)]) if positive else edit.target
+        q = edit_questions(src, degrade(render(candidate), rng), edit.instruction, "remove", edit.object)[0]
+        q.desired = "Yes" if positive else "No"
+        return q
+    if kind == "edit":
+        if positive:
+            candidate = edit.target if rng.random() < 0.85 else _second_edit(edit.target, edit, rng)
+        else:
+            r = rng.random()
+            if r < 0.35:
+                candidate = scene  # unchanged: "two identical images mean the edit failed"
+            elif r < 0.75:  # a wrong edit of the same kind
+                candidate = edit.target
+                for _ in range(20):
+                    other = sample_edit(scene, rng, edit.edit_type)
+                    if other.target != edit.target:
+                        candidate = other.target
+                        break
+                if candidate == edit.target:
+                    candidate = scene
+            else:
+                other = sample_edit(scene, rng)
+                candidate = other.target if other.target != edit.target else scene
+        desired = "Yes" if positive else "No"
+    else:
+        if positive:
+            candidate = edit.target if rng.random() < 0.7 else scene
+        else:
+            candidate = _second_edit(edit.target, edit, rng) if rng.random() < 0.8 else sample_scene(rng)
+            if candidate == edit.target or candidate == scene:
+                candidate = sample_scene(rng)
+        desired = "Yes" if positive else "No"
+    pair = edit_questions(src, degrade(render(candidate), rng), edit.instruction, edit.edit_type, edit.object)
+    q = pair[0] if kind == "edit" else pair[1]
+    q.desired = desired
+    return q
+
+
+def question_loss(judge: Qwen25VLJudge, questions: list[Question]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-token cross-entropy (the NP-Edit read-out) and per-question correctness."""
+    logits = judge.answer_logits(questions)
+    target = torch.tensor([0 if q.desired == "Yes" else 1 for q in questions])
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target)
+
+
+CAPTION_PROMPT = "Describe this image."
+
+
+def caption_loss(judge: Qwen25VLJudge, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Next-token loss on the caption of each image after "Describe this image." (an auxiliary task).
+
+    One yes/no answer is one bit per example; a caption is ~25 tokens that name every object's
+    colour, kind, size and place, so the vision tower and the binding of words to image regions
+    learn much faster with it (as VLMs are pretrained on captions before instruction tuning).
+    """
+    inputs = judge.build_inputs([Question(CAPTION_PROMPT, [img]) for img in images])
+    tok = judge.tokenizer
+    rows = [tok.encode(c, add_special_tokens=False) + [tok.eos_token_id] for c in captions]
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), judge.pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):  # right-padded continuation of the left-padded prompts
+        ids[i, :len(r)] = torch.tensor(r)
+        labels[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    prompt_labels = torch.full_like(inputs["input_ids"], -100)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], ids], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], 1)
+    inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], 1)
+    return judge.model(**inputs, labels=torch.cat([prompt_labels, labels], 1), use_cache=False).loss
+
+
+@torch.no_grad()
+def evaluate(judge: Qwen25VLJudge, n: int = 600, seed: int = 10**9, batch: int = 50) -> dict:
+    """Held-out accuracy, overall and per (question kind, edit type)."""
+    hits: dict[str, list[int]] = {}
+    for start in range(0, n, batch):
+        qs, types = [], []
+        for i in range(start, min(n, start + batch)):
+            q = make_question(seed + i)
+            qs.append(q)
+            types.append(f"{q.kind}/" + _edit_type_of(seed + i))
+        _, ok = question_loss(judge, qs)
+        for t, o in zip(types, ok.tolist()):
+            hits.setdefault(t, []).append(int(o))
+    all_hits = [h for v in hits.values() for h in v]
+    out = {"accuracy": round(sum(all_hits) / len(all_hits), 4)}
+    out.update({k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())})
+    return out
+
+
+def _edit_type_of(seed: int) -> str:
+    rng = random.Random(seed)
+    return sample_example(rng.randrange(2**62))[1].edit_type
+
+
+def build(out: str | Path, steps: int = 1200, seed: int = 0, batch: int = 32, lr: float = 2e-3, save_every: int = 100,
+          caption_weight: float = 1.0, log=print) -> dict:
+    from ..judges.qwen_vision import VisionSpec  # noqa: F401  (the spec type the config below feeds)
+    from ..judges.qwen2_5_vl import SPEC
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(None, seed)
+    model = build_model(tokenizer, seed)
+    spec = type(SPEC)(**{**SPEC.__dict__, "min_pixels": JUDGE_SIDE**2, "max_pixels": JUDGE_SIDE**2})
+    judge = Qwen25VLJudge(model, tokenizer, spec)
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warm = min(50, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    ema_loss, ema_acc = None, None
+    for step in range(steps):
+        qs = [make_question(seed * 1_000_003 + step * batch + i) for i in range(batch)]
+        loss, ok = question_loss(judge, qs)
+        if caption_weight:
+            crng = random.Random(seed * 7_000_003 + step)
+            scenes = [sample_scene(crng) for _ in range(batch // 2)]
+            images = torch.stack([degrade(render(sc), crng) for sc in scenes])
+            loss = loss + caption_weight * caption_loss(judge, images, [sc.caption() for sc in scenes])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        acc = ok.float().mean().item()
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        ema_acc = acc if ema_acc is None else 0.98 * ema_acc + 0.02 * acc
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  judge step {step}: loss {ema_loss:.4f} acc {ema_acc:.3f} ({time.perf_counter() - start:.0f} s)")
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:  # a usable judge at any time
+            _save(out, model, tokenizer, {"steps_done": step + 1, "train_loss_ema": round(ema_loss, 4),
+                                          "train_acc_ema": round(ema_acc, 4), "seconds": round(time.perf_counter() - start, 1)})
+    model.eval().requires_grad_(False)
+    train_seconds = time.perf_counter() - start
+    metrics = evaluate(judge)
+    report = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "train_seconds": round(train_seconds, 1),
+              "final_train_loss_ema": round(ema_loss, 4), "final_train_acc_ema": round(ema_acc, 4), "held_out": metrics,
+              "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads()}
+    _save(out, model, tokenizer, report)
+    log(f"judge: {report}")
+    return report
+
+
+def _save(out: Path, model, tokenizer, report: dict) -> None:
+    from ..judges.qwen2_5_vl import SPEC
+
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "image_mean": list(SPEC.mean),
+        "image_std": list(SPEC.std), "min_pixels": JUDGE_SIDE**2, "max_pixels": JUDGE_SIDE**2}, indent=2))
+    (out / "train_log.json").write_text(json.dumps(report, indent=2))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    build(a.out, a.steps, a.seed, a.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The micro-world's text-to-image teacher: a small FLUX.2-klein (`Flux2KleinBackbone`), trained here.
+
+    python -m npedit_core.microworld.teacher --out npedit_core/microworld/weights/teacher
+
+builds, from a seed and in about ten CPU minutes, a diffusers folder that `Flux2KleinBackbone.from_pretrained`
+(and so `model.path=...` in any config) loads like a real FLUX.2-klein checkpoint:
+
+- tokenizer/     the world's word-level tokenizer (tokenizer.py)
+- text_encoder/  `Qwen3ForCausalLM`, 3 layers, hidden 32, random and frozen (FLUX.2 reads its hidden
+                 states 1, 2, 3; distinct prompts give distinct features, and the DiT learns to read them)
+- (vae)          the real pretrained TAEF2 (FLUX.2's tiny autoencoder, MIT), read from
+                 ../shared/weights/taef2 (assets.taef2_dir(); never copied into the repository),
+                 loaded as `taef2.TAEF2AsFlux2VAE`: 32 latent channels at 1/8, 128 after the 2x2
+                 patchify, as the real FLUX.2 VAE. (A tiny `AutoencoderKLFlux2` trained here reached only
+                 16 dB after 300 CPU steps; TAEF2 round-trips these scenes at 31 dB with no training.)
+- transformer/   `Flux2Transformer2DModel`, 2 double + 2 single blocks, 4 heads of 32, trained by flow
+                 matching on (caption, image) of random scenes; 10 % of captions are replaced by the
+                 DMD negative prompt, which thereby becomes the unconditional prompt for CFG
+- npedit_backbone.json  text_layers (1, 2, 3) and max_sequence_length (prompts are padded to it)
+- train_log.json  seeds, steps, wall-clock times and final metrics
+
+A 64x64 image is 4x4 = 16 latent tokens of 128 channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.flux2_klein import BACKBONE_OPTIONS_FILE, Flux2KleinBackbone, _KLEIN_TRANSFORMER_COMMON
+from .tokenizer import train_tokenizer
+from .world import SIZE, render_batch, sample_example, sample_scene
+
+TEXT_HIDDEN = 32
+TEXT_LAYERS = (1, 2, 3)
+NEGATIVE_PROMPT = "low quality, artifacts"  # config.LossConfig.negative_prompt
+
+
+def build_text_encoder(vocab_size: int, seed: int, pad_id: int = 0, eos_id: int = 2):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=vocab_size, hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+        tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id,
+    ))
+    with torch.no_grad():  # unit-scale word vectors: the default 0.02 init would hand the DiT tiny features
+        model.model.embed_tokens.weight.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def build_transformer(seed: int):
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Flux2Transformer2DModel(**{
+        **_KLEIN_TRANSFORMER_COMMON, "num_layers": 2, "num_single_layers": 2, "num_attention_heads": 4,
+        "attention_head_dim": 32, "axes_dims_rope": (8, 8, 8, 8), "joint_attention_dim": len(TEXT_LAYERS) * TEXT_HIDDEN,
+    })
+
+
+def random_images(n: int, rng: random.Random) -> torch.Tensor:
+    return render_batch([sample_scene(rng) for _ in range(n)])
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / F.mse_loss(a.clamp(0, 1), b)))
+
+
+def sample_train_t(n: int, gen) -> torch.Tensor:
+    """Half logit-normal (mid times), half uniform (covers both ends, where DMD and the 1-step editor live)."""
+    t = torch.sigmoid(torch.randn(n, generator=gen))
+    u = torch.rand(n, generator=gen)
+    return torch.where(torch.rand(n, generator=gen) < 0.5, t, u)
+
+
+def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: int = 2500, batch: int = 32,
+                  lr: float = 1e-3, log=print) -> dict:
+    """Flow matching v = eps - x0 on (caption, latent) of `n_data` random scenes; AdamW, warm-up + cosine."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    scenes = [sample_example(seed * 1_000_003 + i)[0] for i in range(n_data)]
+    with torch.no_grad():
+        latents = torch.cat([backbone.encode_images(render_batch(scenes[i:i + 256])) for i in range(0, n_data, 256)])
+        captions = [s.caption() for s in scenes] + [NEGATIVE_PROMPT]
+        text = torch.cat([backbone.encode_text(captions[i:i + 256]).embeds for i in range(0, len(captions), 256)])
+    log(f"  teacher data: {n_data} scenes, latents std {latents.std():.3f}")
+    model = backbone.transformer
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warm = min(100, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    from ..backbones.base import TextEmbeds
+    ema = None
+    for step in range(steps):
+        idx = torch.randint(0, n_data, (batch,), generator=gen)
+        x0 = latents[idx]
+        drop = torch.rand(batch, generator=gen) < 0.1
+        tidx = torch.where(drop, torch.full_like(idx, n_data), idx)
+        t = sample_train_t(batch, gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        tb = t.view(-1, 1, 1, 1)
+        x_t = (1 - tb) * x0 + tb * eps
+        v = backbone.velocity(x_t, t, TextEmbeds(text[tidx]))
+        loss = F.mse_loss(v, eps - x0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  teacher step {step}: loss {loss.item():.4f} (ema {ema:.4f})")
+    model.eval().requires_grad_(False)
+    return {"teacher_final_loss_ema": round(ema, 5)}
+
+
+def build(out: str | Path, steps: int = 700, seed: int = 0, lr: float = 1e-3, resume_from: str | Path | None = None,
+          log=print) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"seed": seed, "teacher_steps": steps}
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(out / "tokenizer", seed)
+    # Prompts are padded to max_sequence_length and truncated beyond it: measure the longest chat-formatted
+    # caption (token ids of the rendered template; apply_chat_template(tokenize=True) returns a dict in
+    # transformers 5, whose len() is its number of keys).
+    texts = [sample_example(i)[k].caption() if k == 0 else sample_example(i)[1].target.caption()
+             for i in range(2000) for k in (0, 1)]
+    lengths = [len(tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
+                                                           add_generation_prompt=True))["input_ids"]) for c in texts]
+    max_len = max(lengths) + 2
+    options = {"text_layers": list(TEXT_LAYERS), "max_sequence_length": max_len, "vae": "taef2"}
+    (out / BACKBONE_OPTIONS_FILE).write_text(json.dumps(options))
+    text_encoder = build_text_encoder(len(tokenizer), seed, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    text_encoder.save_pretrained(str(out / "text_encoder"))
+
+    # The VAE is the real pretrained TAEF2 (31 dB round trip on this world's scenes). It is not copied
+    # into the folder (the project never commits copies of the shared assets): npedit_backbone.json
+    # {"vae": "taef2"} makes the loader take it from vae/ if present, else from assets.taef2_dir().
+
+    if resume_from is None:
+        transformer = build_transformer(seed)
+        transformer.save_pretrained(str(out / "transformer"))  # so the folder loads during training
+    else:  # continue training another build's transformer (e.g. more steps at a lower learning rate)
+        shutil.copytree(Path(resume_from) / "transformer", out / "transformer", dirs_exist_ok=True)
+        report["resumed_from"] = json.loads((Path(resume_from) / "train_log.json").read_text())
+    backbone = Flux2KleinBackbone.from_pretrained(str(out), dtype=torch.float32)
+    transformer = backbone.transformer
+    t0 = time.perf_counter()
+    report.update(train_teacher(backbone, steps, seed + (resume_from is not None), lr=lr, log=log))
+    report["teacher_seconds"] = round(time.perf_counter() - t0, 1)
+    transformer.save_pretrained(str(out / "transformer"))
+    report["params"] = {name: sum(p.numel() for p in getattr(backbone, name).parameters())
+                        for name in ("transformer", "vae", "text_encoder")}
+    report["total_seconds"] = round(time.perf_counter() - start, 1)
+    report["torch_threads"] = torch.get_num_threads()
+    (out / "train_log.json").write_text(json.dumps(report, indent=2))
+    log(f"teacher: {report}")
+    return report
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--resume-from", default=None, help="a previous --out folder whose transformer training continues")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    build(a.out, a.steps, a.seed, a.lr, a.resume_from)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The micro-world's renderer, edits, tokenizer and oracle (fast; no pretrained weights needed)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from npedit_core.data import read_manifest
+from npedit_core.microworld.oracle import score
+from npedit_core.microworld.world import EDIT_TYPES, Scene, render, sample_edit, sample_example, sample_scene
+
+
+def test_every_edit_type_changes_the_right_thing():
+    rng = random.Random(0)
+    for edit_type in EDIT_TYPES:
+        for _ in range(30):
+            scene = sample_scene(rng, 2)
+            edit = sample_edit(scene, rng, edit_type)
+            src, tgt = render(scene), render(edit.target)
+            assert (src - tgt).abs().amax() > 0.2, edit.instruction  # the edit is visible
+            assert edit.target.caption() != scene.caption()
+            if edit_type == "background":
+                assert edit.target.shapes == scene.shapes
+            elif edit_type == "remove":
+                assert len(edit.target.shapes) == len(scene.shapes) - 1 and edit.object.startswith("a ")
+            elif edit_type == "add":
+                assert len(edit.target.shapes) == len(scene.shapes) + 1
+            else:  # color / replace touch exactly one shape and keep its place and size
+                (i,) = edit.changed
+                a, b = scene.shapes[i], edit.target.shapes[i]
+                assert (a.cell, a.size) == (b.cell, b.size) and (a.color != b.color) == (edit_type == "color")
+            names = [s.name for s in edit.target.shapes]
+            assert len(names) == len(set(names)), "objects stay uniquely named"
+
+
+def test_examples_are_a_function_of_the_seed_and_round_trip():
+    a, b = sample_example(123), sample_example(123)
+    assert a == b and torch.equal(render(a[0]), render(b[0]))
+    assert Scene.from_dict(a[0].to_dict()) == a[0]
+    img = render(a[0])
+    assert img.shape == (3, 64, 64) and 0 <= img.min() and img.max() <= 1
+
+
+def test_oracle_separates_target_copy_and_damage():
+    for seed in range(40):
+        scene, edit = sample_example(seed)
+        right = score(render(edit.target), scene, edit)
+        copy = score(render(scene), scene, edit)
+        assert right["success"] == 1 and right["preservation"] == 1
+        assert copy["success"] == 0 and copy["preservation"] == 1
+        damaged = render(edit.target)
+        damaged[:, :, :32] = (damaged[:, :, :32] + 0.3) % 1.0  # left half recoloured
+        assert score(damaged, scene, edit)["preservation"] < 0.75
+
+
+def test_tokenizer_has_single_token_answers_and_covers_the_world(tmp_path):
+    from npedit_core.microworld.tokenizer import train_tokenizer
+    from npedit_core.microworld.world import corpus
+
+    tok = train_tokenizer(tmp_path / "tok")
+    for word in ("Yes", "No"):
+        assert len(tok.encode(word, add_special_tokens=False)) == 1
+    unk = tok.convert_tokens_to_ids("[UNK]")
+    for text in corpus(200, seed=7):
+        assert unk not in tok.encode(text, add_special_tokens=False), text
+
+
+def test_manifest_holds_references_only_and_reads_back(tmp_path):
+    from npedit_core.microworld.editor import examples, write_manifest
+
+    items = examples(6)
+    path = write_manifest(tmp_path, items)
+    records = read_manifest(path, require_source_caption=True)
+    assert [r.instruction for r in records] == [e.instruction for _, e in items]
+    assert len(list((tmp_path / "images").iterdir())) == 6  # one reference per row, no targets
