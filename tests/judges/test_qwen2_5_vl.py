@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.judges import qwen_checks
 from npedit_core.errors import CheckpointError, NPEditError
 from npedit_core.judges.base import Question
 from npedit_core.judges.prompts import edit_questions
@@ -158,44 +159,19 @@ def _questions(photos, resized: bool) -> list[Question]:
 
 @pytest.mark.parametrize("resized,tol", [(False, 1e-4), (True, 2e-3)])
 def test_logits_match_the_model_on_its_own_processor_output(judge, photos, resized, tol):
-    questions = _questions(photos, resized)
-    with torch.no_grad():
-        ours = judge.answer_logits(questions)
-        batch = judge.build_inputs(questions)
-        assert batch["attention_mask"][1].sum() < batch["attention_mask"].shape[1]  # the batch really is left-padded
-        for i, q in enumerate(questions):
-            ref = hf_inputs(judge.tokenizer, q)
-            row = batch["input_ids"][i][batch["attention_mask"][i].bool()]
-            assert torch.equal(row, ref["input_ids"][0])  # same tokens, pads expanded the same way
-            logits = judge.model(**ref, use_cache=False).logits[0, -1, [judge.yes_id, judge.no_id]]
-            assert (ours[i] - logits).abs().max() <= tol
-    assert (ours[0] - ours[1]).abs().max() > 10 * tol  # the tolerance is far below what questions change
+    qwen_checks.logits_match_processor(judge, _questions(photos, resized), hf_inputs, tol)
 
 
 def test_gradients_reach_images_not_the_judge(judge, photos):
-    ref = photos("astronaut")[0, :, :224, :224].clone().requires_grad_(True)
-    edited = photos("coffee")[0, :, :224, :336].clone().requires_grad_(True)
-    questions = edit_questions(ref, edited, "remove the cup", "remove", obj="cup")
-    logits = judge.answer_logits(questions)
-    desired = torch.tensor([q.desired == "Yes" for q in questions])
-    margin = torch.where(desired, logits[:, 0] - logits[:, 1], logits[:, 1] - logits[:, 0])
-    (-torch.nn.functional.logsigmoid(margin).mean()).backward()
-    for image in (ref, edited):
-        assert image.grad is not None and image.grad.abs().sum() > 0 and torch.isfinite(image.grad).all()
-    assert all(not p.requires_grad and p.grad is None for p in judge.parameters())
+    qwen_checks.gradients_reach_images_not_the_judge(
+        judge, photos("astronaut")[0, :, :224, :224], photos("coffee")[0, :, :224, :336]
+    )
 
 
 def test_removal_and_two_image_questions_batch_like_alone(judge, photos):
-    ref, edited = photos("astronaut")[0, :, :224, :280], photos("rocket")[0, :, :252, :196]
-    questions = edit_questions(ref, edited, "remove the rocket", "remove", obj="rocket")
-    assert [len(q.images) for q in questions] == [1, 2]
-    with torch.no_grad():
-        batched = judge.answer_logits(questions)
-        alone = torch.cat([judge.answer_logits([q]) for q in questions])
-        p = judge.p_yes(questions)
-    assert batched.shape == (2, 2)
-    assert torch.allclose(batched, alone, atol=1e-5)
-    assert ((p > 0) & (p < 1)).all()
+    qwen_checks.removal_and_two_image_questions_batch_like_alone(
+        judge, photos("astronaut")[0, :, :224, :280], photos("rocket")[0, :, :252, :196]
+    )
 
 
 def test_build_inputs_rejects_bad_questions(judge):
