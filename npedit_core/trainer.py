@@ -13,7 +13,6 @@ function of (seed, step), so every rank unrolls the same number of steps without
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import time
@@ -385,6 +384,6 @@ class Trainer:
 
 
 def run_training(cfg: NPEditConfig, log=print) -> Path:
-    if cfg.train.steps < 1 or math.isnan(cfg.optim.lr):
-        raise NPEditError("train.steps must be at least 1")
+    if cfg.train.steps < 1:
+        raise NPEditError(f"train.steps: must be at least 1, got {cfg.train.steps}")
     return Trainer(cfg, log=log).run()
