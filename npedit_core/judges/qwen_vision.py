@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -95,9 +94,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
-# --- 2. the pass order of PIL's resize ------------------------------------------------------------
-@lru_cache(maxsize=None)
-# --- 3 and 4. normalise and patchify ---------------------------------------------------------------
+# --- 2 to 4. resize, normalise and patchify ---------------------------------------------------------------
 def patchify(images: torch.Tensor, spec: VisionSpec) -> torch.Tensor:
     """(B, C, H, W) -> (B * gh * gw, C * T * p * p) in the HF processor's patch order.
 

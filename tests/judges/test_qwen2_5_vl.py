@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -118,6 +120,16 @@ def test_preprocess_is_differentiable(photos):
     out = preprocess(image)
     out["pixel_values"].square().sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0 and torch.isfinite(image.grad).all()
+
+
+def test_preprocess_keeps_no_reference_to_its_inputs():
+    """Nothing is cached per call: a training loop must not keep every step's images and graphs alive."""
+    image = torch.rand(1, 3, 56, 56, requires_grad=True)
+    out = preprocess(image * 1.0)
+    alive = weakref.ref(out["pixel_values"])
+    del out
+    gc.collect()
+    assert alive() is None
 
 
 def test_preprocess_rejects_wrong_shape():
