@@ -24,7 +24,7 @@ from .export import export_checkpoint
 from .previews import save_preview_grid
 from .trainer import Trainer
 
-NPEDIT_STEPS = 30
+NPEDIT_STEPS = 40  # as the CI learning test (tests/microworld/test_learning.py)
 WARMUP_STEPS = 10
 
 

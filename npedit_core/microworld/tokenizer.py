@@ -27,7 +27,7 @@ def _fixed_texts() -> list[str]:
     t = QuestionTemplates()
     texts = [t.edit, t.identity, t.remove_edit, t.remove_identity, t.style_identity, t.background_identity]
     texts += ["system You are a helpful assistant.", "user assistant", "Yes No", "do nothing.",
-              "low quality, artifacts"]
+              "low quality, artifacts", "Describe this image."]  # the last: the judge's captioning prompt
     return texts
 
 

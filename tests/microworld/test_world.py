@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import torch
 
@@ -52,6 +53,15 @@ def test_oracle_separates_target_copy_and_damage():
         damaged = render(edit.target)
         damaged[:, :, :32] = (damaged[:, :, :32] + 0.3) % 1.0  # left half recoloured
         assert score(damaged, scene, edit)["preservation"] < 0.75
+
+
+def test_oracle_needs_the_new_shape_not_just_the_old_one_gone():
+    """Erasing the named shape is a removal, not a recolour or a kind change (nor an add)."""
+    for edit_type in ("replace", "color", "add"):
+        for seed in range(20):
+            scene, edit = sample_example(seed, edit_type)
+            erased = replace(scene, shapes=tuple(s for j, s in enumerate(scene.shapes) if j not in edit.changed))
+            assert score(render(erased), scene, edit)["success"] == 0, edit.instruction
 
 
 def test_tokenizer_has_single_token_answers_and_covers_the_world(tmp_path):
