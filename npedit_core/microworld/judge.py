@@ -23,9 +23,11 @@ configs' 0.02. The candidate image is blurred and noised at random, so that deco
 (slightly soft) are judged by content, not by crispness.
 
 The shipped judge is this build's default (2000 steps, held-out accuracy 0.695). `--resume-from`
-trains one further; measured, that did not help NP-Edit: 3000 more steps (accuracy 0.80) and then 1500
-with faded shapes among the negatives (0.83) each left the editor's oracle success flat over 40-200
-NP-Edit steps, where the shipped judge raised it (0.05 -> 0.22 at 100 steps).
+trains one further; measured, that did not help NP-Edit: after 3000 more steps (accuracy 0.80) the
+editor's oracle success went 0.02 -> 0.06 / 0.00 / 0.02 in 40 / 80 / 200 NP-Edit steps (seed 0), and
+after 1500 more with faded shapes among the negatives (0.83; that variant of the questions is not
+kept) 0.02 -> 0.02 in 40; with the shipped judge, 0.02 -> 0.18 in 40 and 0.22 in 200 (same seed, 512
+training scenes, `editor.SETTINGS`).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ are read; the oracle scores the same 50 held-out edits (10 per type, fixed noise
 MEASURED is the seed noise the margin was set from: this exact run (one CPU thread, as the test sets)
 with training and noise seeds 0-4. The untrained editor's success varies by 0.02 (std) from seed to
 seed; every seed gained 0.10-0.14, almost all of it from removals (0.1-0.2 -> 0.6-0.8). MARGIN = 0.08
-is four times that std. What does not rise yet is said in MEASURED too: recolour and add edits stay at
-0, and preservation falls (shapes the instruction did not name fade with the removed one).
+is four times that std. Not asserted, because it does not hold yet: recolour and add edits stay at 0,
+and preservation falls (MEASURED's last column: shapes the instruction did not name fade too).
 """
 
 from __future__ import annotations
