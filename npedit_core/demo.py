@@ -8,7 +8,7 @@ preservation of the rest, before and after training.
 
 Stage 1 warm-up (a short continuation of the shipped reference-copy warm-up), stage 2 NP-Edit
 (unroll -> decode -> judge + DMD; no edited images anywhere), export, then edit held-out scenes with
-the exported editor, print the oracle's scores and write a before/after grid. About 5 CPU minutes.
+the exported editor, print the oracle's scores and write a before/after grid. About a minute on 2 CPU cores.
 For real models, `python -m train_cli train` with `model.path` / `judge.path` set.
 """
 
