@@ -258,7 +258,7 @@ def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    previous = None
+    history = {}  # the earlier build's log, carried into this one's
     if resume_from is None:
         tokenizer = train_tokenizer(None, seed)
         model = build_model(tokenizer, seed)
@@ -267,11 +267,11 @@ def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr
     else:
         judge = Qwen25VLJudge.from_pretrained(resume_from, dtype=torch.float32)
         model, tokenizer = judge.model, judge.tokenizer
-        previous = json.loads((Path(resume_from) / "train_log.json").read_text())
+        history = {"resumed_from": json.loads((Path(resume_from) / "train_log.json").read_text())}
         seed += 1
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = min(50, steps // 10)
+    warm = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     ema_loss, ema_acc = None, None
@@ -292,13 +292,12 @@ def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr
         if step % 100 == 0 or step == steps - 1:
             log(f"  judge step {step}: loss {ema_loss:.4f} acc {ema_acc:.3f} ({time.perf_counter() - start:.0f} s)")
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:  # a usable judge at any time
-            _save(out, model, tokenizer, {**({"resumed_from": previous} if previous else {}), "steps_done": step + 1, "train_loss_ema": round(ema_loss, 4),
+            _save(out, model, tokenizer, {**history, "steps_done": step + 1, "train_loss_ema": round(ema_loss, 4),
                                           "train_acc_ema": round(ema_acc, 4), "seconds": round(time.perf_counter() - start, 1)})
     model.eval().requires_grad_(False)
     train_seconds = time.perf_counter() - start
     metrics = evaluate(judge)
-    report = {**({"resumed_from": previous} if previous else {}),
-              "seed": seed, "steps": steps, "batch": batch, "lr": lr, "train_seconds": round(train_seconds, 1),
+    report = {**history, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "train_seconds": round(train_seconds, 1),
               "final_train_loss_ema": round(ema_loss, 4), "final_train_acc_ema": round(ema_acc, 4), "held_out": metrics,
               "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads()}
     _save(out, model, tokenizer, report)
@@ -327,6 +326,8 @@ def main(argv=None) -> None:
     ap.add_argument("--resume-from", default=None, help="a previous --out folder whose judge training continues")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.steps < 1:
+        ap.error(f"--steps must be at least 1, got {a.steps}")
     if a.threads:
         torch.set_num_threads(a.threads)
     build(a.out, a.steps, a.seed, a.batch, a.lr, resume_from=a.resume_from)

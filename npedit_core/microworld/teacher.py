@@ -98,7 +98,7 @@ def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: i
     model = backbone.transformer
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = min(100, steps // 10)
+    warm = max(1, min(100, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     from ..backbones.base import TextEmbeds
@@ -180,6 +180,8 @@ def main(argv=None) -> None:
     ap.add_argument("--resume-from", default=None, help="a previous --out folder whose transformer training continues")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args(argv)
+    if a.steps < 1:
+        ap.error(f"--steps must be at least 1, got {a.steps}")
     if a.threads:
         torch.set_num_threads(a.threads)
     build(a.out, a.steps, a.seed, a.lr, a.resume_from)
