@@ -13,9 +13,10 @@ evaluation set. Writes benchmarks/results/microworld.json, microworld.md and mic
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -35,8 +36,12 @@ from npedit_core.previews import save_preview_grid  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, evals, log=print, threads: int = 0) -> dict:
-    """One row x seed: the warm-up row is the NP-Edit trainer at 0 steps (the shipped warm-up editor)."""
+def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, evals, log=print, threads: int = 0,
+        quiet: bool = False) -> dict:
+    """One row x seed: the warm-up row is the NP-Edit trainer at 0 steps (the shipped warm-up editor).
+
+    `quiet` hides the trainer's progress bar (parallel runs' bars interleave unreadably); errors still raise.
+    """
     if threads:
         torch.set_num_threads(threads)
     label = variant
@@ -44,7 +49,8 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
     started = time.perf_counter()
     trainer = make_trainer(variant, work / f"{variant}-s{seed}", manifest, items, steps, seed, log=lambda *a: None)
     if steps:
-        trainer.run()
+        with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+            trainer.run()
     train_s = time.perf_counter() - started
     metrics, outputs = evaluate(trainer.roles.editor_backbone(), evals, trainer.cfg.sampler, seed=seed)
     log(f"{label} seed {seed}: success {metrics['all']['success']:.3f} preservation "
@@ -102,6 +108,7 @@ def main(argv=None) -> None:
     evals = eval_items(a.eval_per_type)
     json_path = out / "microworld.json"
     jobs = [(v, seed, 0 if v == "warmup" else a.steps) for v in a.variants for seed in a.seeds]
+    threads = a.threads or (1 if a.jobs > 1 else torch.get_num_threads())  # per run
     runs = []
 
     def record(result: dict) -> None:  # checkpoint the table after every run
@@ -110,7 +117,7 @@ def main(argv=None) -> None:
         summary = summarise(runs)
         json_path.write_text(json.dumps({
             "steps": a.steps, "seeds": a.seeds, "eval_examples": len(evals), "n_train": a.n_train,
-            "warmup_file": str(WARMUP_FILE), "torch_threads": a.threads or torch.get_num_threads(), "jobs": a.jobs,
+            "warmup_file": str(WARMUP_FILE), "torch_threads": threads, "jobs": a.jobs,
             "summary": summary, "runs": [{k: v for k, v in x.items() if k != "outputs"} for x in runs]}, indent=2))
         (out / "microworld.md").write_text(markdown(summary, a.steps, len(evals)))
 
@@ -118,10 +125,9 @@ def main(argv=None) -> None:
         for v, seed, steps in jobs:
             record(run(v, seed, steps, work, manifest, items, evals))
     else:  # one process per run (the models are tiny: one CPU thread each uses the cores best)
-        os.environ["TQDM_DISABLE"] = "1"  # interleaved progress bars of parallel runs are unreadable; each run logs a line
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(run, v, seed, steps, work, manifest, items, evals, print, a.threads or 1)
+            futures = [pool.submit(run, v, seed, steps, work, manifest, items, evals, print, threads, True)
                        for v, seed, steps in jobs]
             for future in as_completed(futures):
                 record(future.result())

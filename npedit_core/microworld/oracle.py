@@ -7,7 +7,8 @@ VAE, no judge). For an example (scene, edit) and an editor output `out` (3, S, S
     R   = {pixels where max_c |src - tgt| > 0.1}                          the edit region
     e_t = mean over R of mean_c |out - tgt|,  e_s = the same against src
     R is split by what the target shows there: object (a shape covers the pixel in the edited scene)
-    or background; e_obj, e_bg = mean_c |out - tgt| over each part (parts under 8 pixels are skipped)
+    or background; e_obj, e_bg = mean_c |out - tgt| over each part (parts under 8 pixels are skipped;
+    if both are, R as a whole stands in)
     success      = e_t < e_s and e_obj < 0.15 and e_bg < 0.15
                    (every part of R looks like the edit asked for, not like the original)
     O   = pixels farther than 2 px from R                                  the rest of the image
@@ -49,7 +50,7 @@ def score(out: torch.Tensor, scene: Scene, edit: Edit) -> dict:
     d_s = (out - src).abs().mean(0)
     e_t, e_s = d_t[region].mean().item(), d_s[region].mean().item()
     covered = _coverage(edit.target, out.shape[-1]) > 0.5
-    parts = [d_t[region & m].mean().item() for m in (covered, ~covered) if (region & m).sum() >= MIN_PART]
+    parts = [d_t[region & m].mean().item() for m in (covered, ~covered) if (region & m).sum() >= MIN_PART] or [e_t]
     near = F.max_pool2d(region[None, None].float(), 2 * MARGIN + 1, 1, MARGIN)[0, 0] > 0
     outside = ~near
     keep = (out - src).abs().amax(0)[outside] < KEEP_THRESHOLD
