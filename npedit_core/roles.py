@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .backbones.base import Backbone, TextEmbeds
+from .checkpointing import set_gradient_checkpointing
 from .errors import NPEditError
 
 EDITOR, FAKE = "editor", "fake"
@@ -58,6 +59,15 @@ class Roles:
         """A Backbone whose velocity is the editor's (for the sampler and the unroll)."""
         return _VelocityBackbone(self.backbone, self.editor)
 
+    def transformers(self) -> list[nn.Module]:
+        """Every transformer the roles run (one shared base, or editor, fake score and teacher)."""
+        return [self.backbone.transformer]
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint every role's blocks; a recomputation runs with the adapter of its forward (checkpointing.py)."""
+        for transformer in self.transformers():
+            set_gradient_checkpointing(transformer, enabled)
+
 
 class SharedLoRARoles(Roles):
     def __init__(self, backbone: Backbone, rank: int = 32, alpha: float = 32.0, dropout: float = 0.0):
@@ -76,6 +86,12 @@ class SharedLoRARoles(Roles):
 
     def _switch(self, name: str | None) -> None:
         """Make adapter `name` the active one (None: the bare base, i.e. the teacher).
+
+        TRAP: the switch back to "editor" happens right after a role's forward, BEFORE its backward.
+        Under gradient checkpointing the backward recomputes each block, so the blocks must recompute
+        with the adapter of their forward: `Roles.set_gradient_checkpointing` installs
+        checkpointing.checkpoint_block, which replays it. Enable checkpointing through it, never with
+        the transformer's own `enable_gradient_checkpointing()`.
 
         peft's set_adapter/disable_adapters also flip requires_grad of the adapters' weights, and
         autograd drops gradients of leaves that no longer require grad when backward runs. So both
@@ -165,6 +181,9 @@ class SeparateRoles(Roles):
 
             return full_state_dict(module)  # collective: every rank calls it
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def transformers(self):
+        return [self.editor_transformer, self.fake_transformer, self.teacher_transformer]
 
     def editor(self, x_t, t, text, reference):
         return self.backbone.velocity(x_t, t, text, reference)

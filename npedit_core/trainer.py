@@ -78,9 +78,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
 
         self.backbone = build_backbone(cfg.model, self.device)
-        if cfg.train.gradient_checkpointing and hasattr(self.backbone.transformer, "enable_gradient_checkpointing"):
-            self.backbone.transformer.enable_gradient_checkpointing()
         self.roles = make_roles(self.backbone, cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+        # Through the roles, never the transformer's own switch: a recomputed block must run the LoRA
+        # adapter of its forward (checkpointing.py), and full fine-tunes checkpoint all three copies.
+        self.roles.set_gradient_checkpointing(cfg.train.gradient_checkpointing)
         self.fsdp = cfg.train.fsdp and self.acc.num_processes > 1
         if cfg.train.fsdp and cfg.lora.enabled:
             raise NPEditError("train.fsdp=true shards full fine-tunes: set lora.enabled=false (LoRA runs use plain data parallelism)")
@@ -89,11 +90,7 @@ class Trainer:
         self.npedit = cfg.train.stage == "npedit"
         self.judge = build_judge(cfg.judge, self.device, cfg.train.seed) if self.npedit else None
         if self.judge is not None and cfg.train.gradient_checkpointing:
-            # HF models only checkpoint in train() mode; the judge's configs have no dropout to wake.
-            model = self.judge.model
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
-            model.train()
+            self.judge.set_gradient_checkpointing(True)  # train() mode with every dropout zeroed
         self.text = TextCache(self.backbone, offload=cfg.train.offload_text_encoder)
         if self.judge is not None and cfg.train.offload_judge:
             self.judge.to("cpu")

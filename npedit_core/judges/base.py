@@ -49,7 +49,7 @@ class Judge(nn.Module):
         self.yes_id = single_token_id(tokenizer, yes_token)
         self.no_id = single_token_id(tokenizer, no_token)
         self.model.requires_grad_(False)
-        self.model.eval()  # frozen; the trainer switches to train() only for gradient checkpointing
+        self.model.eval()  # frozen; train() only for gradient checkpointing (set_gradient_checkpointing)
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -75,6 +75,25 @@ class Judge(nn.Module):
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute the VLM's layers in the editor's backward instead of keeping their activations.
+
+        HF models checkpoint only in train() mode, and there every dropout of the real configs would
+        act (attention dropout, InternViT's hidden and projection dropout): the judge would answer
+        randomly and the backward's recomputation would differ from its forward. So every dropout is
+        zeroed first (`disable_dropout`); the judge computes the same function in both modes.
+        """
+        model = self.model
+        if enabled:
+            disable_dropout(model)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            model.train()
+        else:
+            disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+            disable()
+            model.eval()
+
     def set_answer_words(self, yes: str = "Yes", no: str = "No") -> None:
         """Read other answer tokens (each must be a single token of the judge's tokenizer)."""
         self.yes_id, self.no_id = single_token_id(self.tokenizer, yes), single_token_id(self.tokenizer, no)
@@ -102,6 +121,31 @@ class Judge(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+
+#: Float attributes that HF attention / layer modules read as dropout rates when `self.training` is set.
+DROPOUT_RATES = ("attention_dropout", "dropout", "dropout_rate", "hidden_dropout", "hidden_dropout_prob",
+                 "projection_dropout", "drop_path_rate", "drop_prob")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero every dropout and drop-path of `model`, so train() mode computes what eval() does.
+
+    Covers nn.Dropout modules (p = 0), drop-path modules (drop_prob = 0) and the float rates that
+    attention code applies functionally (`dropout=0.0 if not self.training else self.attention_dropout`);
+    the configs' own rates are zeroed too, so modules built later from them agree.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name in DROPOUT_RATES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        for sub in [config] + [getattr(config, k, None) for k in ("text_config", "vision_config")]:
+            for name in DROPOUT_RATES:
+                if isinstance(getattr(sub, name, None), float):
+                    setattr(sub, name, 0.0)
 
 
 def single_token_id(tokenizer, text: str) -> int:
