@@ -52,5 +52,5 @@ class NPEditSampler(io.ComfyNode):
         preview = (lambda x0: editor.decode_latents(x0, fast=True)) if fast else editor.decode_latents
         with on_device(editor):
             out = edit_images(editor, images, instruction, seeds=seed, steps=steps, shift=defaults.shift,
-                              eta=defaults.eta, mask=masks, callback=progress(steps, preview))
+                              eta=defaults.eta, step=defaults.step, mask=masks, callback=progress(steps, preview))
         return io.NodeOutput(image_to_comfy(out))

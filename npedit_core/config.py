@@ -44,7 +44,11 @@ class JudgeConfig:
 class SamplerConfig:
     steps: int = 4  # inference steps (8 for subject-driven customisation)
     shift: float = 6.0  # time shift: 4 steps -> [1.0, 0.9474, 0.8571, 0.6667]
-    eta: float = 1.0  # 1 = re-noise with fresh noise between steps (re-impl.), 0 = deterministic Euler
+    eta: float = 1.0  # step noise: 1 = re-impl. (renoise: all fresh; ddim: its SDE share), 0 = deterministic Euler
+    # Between-step update at inference (sampler.py): "renoise" (fresh noise, the re-impl.'s training unroll),
+    # "ddim" (the re-impl.'s inference step), "auto" = the editor export's own (ddim for its published
+    # checkpoint), else renoise. The training unroll always re-noises.
+    step: Literal["auto", "renoise", "ddim"] = "auto"
 
 
 @dataclass

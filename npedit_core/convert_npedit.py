@@ -21,8 +21,9 @@ against the transformer; any mismatch is a `CheckpointError` listing the unmatch
 
 Text encoding: the re-implementation applies the Qwen3 chat template with `enable_thinking=False`;
 build the backbone with `enable_thinking=False` (`ZImageBackbone.from_pretrained(..., enable_thinking=False)`)
-to match its training exactly. Sampler: 4 steps on [1.0, 0.9474, 0.8571, 0.6667] with eta 1, no CFG
-(our defaults).
+to match its training exactly. Sampler: 4 steps on [1.0, 0.9474, 0.8571, 0.6667] with eta 1, no CFG,
+and its "ddim" step (sampler.py), which keeps part of the predicted noise between steps: the export
+records `sampler_step=ddim`, so `edit` and the nodes use that step with it (sampler.step=auto).
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def convert_npedit_checkpoint(src: str | Path, out: str | Path, reference=None, 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"npedit_format": "full", "backbone": "z_image", "role": "editor", "step": "0", "stage": "npedit",
-            "source": f"nupurkmr9/npedit {Path(src).name}", "enable_thinking": "false"}
+            "source": f"nupurkmr9/npedit {Path(src).name}", "enable_thinking": "false",
+            "sampler_step": "ddim"}  # its inference step (sampler.py); `edit` and the nodes pick it up
     tmp = out.with_name(f".{out.name}.tmp")
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
     tmp.replace(out)
@@ -159,4 +161,5 @@ def load_published_editor(backbone, src: str | Path):
     result = backbone.transformer.load_state_dict(weights, strict=True)
     del result
     backbone.enable_thinking = False  # the re-implementation's text template (see the module docstring)
+    backbone.sampler_step = "ddim"  # and its inference step (sampler.py)
     return backbone

@@ -59,7 +59,7 @@ def edit_files(
         mask = read_image(masks[i], "L")[:, 0] if masks else None
         result = edit_images(
             backbone, image, instructions[i if len(instructions) > 1 else 0], seeds=seed + i,
-            steps=cfg.sampler.steps, shift=cfg.sampler.shift, eta=cfg.sampler.eta, mask=mask,
+            steps=cfg.sampler.steps, shift=cfg.sampler.shift, eta=cfg.sampler.eta, step=cfg.sampler.step, mask=mask,
         )
         target = out / f"{Path(path).stem}_edited.png"
         to_pil(result).save(target)

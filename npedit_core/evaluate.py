@@ -201,14 +201,15 @@ class NPEditEditor:
     """Our editor: a backbone (with exported weights already loaded) run by `sampler.edit_images`."""
 
     def __init__(self, backbone, name: str = "npedit", steps: int = 4, shift: float = 6.0, eta: float = 1.0,
-                 max_area: int | None = 1024 * 1024):
+                 max_area: int | None = 1024 * 1024, step: str | None = None):
         self.backbone, self.name, self.steps, self.shift, self.eta, self.max_area = backbone, name, steps, shift, eta, max_area
+        self.step = step
 
     def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
         from .sampler import edit_images
 
         out = edit_images(self.backbone, to_tensor(image)[None], instruction, seeds=seed, steps=self.steps,
-                          shift=self.shift, eta=self.eta, max_area=self.max_area)
+                          shift=self.shift, eta=self.eta, max_area=self.max_area, step=self.step)
         return to_pil(out[0])
 
 

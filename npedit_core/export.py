@@ -40,6 +40,8 @@ def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor",
     weights = state[role]
     meta = {"npedit_format": "lora" if cfg["lora"]["enabled"] else "full", "backbone": cfg["model"]["backbone"],
             "role": role, "step": str(state["step"]), "stage": state["stage"]}
+    if cfg.get("sampler", {}).get("step", "auto") != "auto":  # a run configured for one sampler step records it
+        meta["sampler_step"] = cfg["sampler"]["step"]
     if meta["npedit_format"] == "lora":
         marker = f".{role}."
         weights = {k.replace(marker, "."): v for k, v in weights.items()}
@@ -92,6 +94,8 @@ def load_editor(backbone: Backbone, path: str | Path, role: str = "editor", adap
             f"{path} holds the '{meta.get('role')}' weights, not the '{role}' weights "
             f"(export them with `python -m train_cli export RUN --out OUT --role {role}`)"
         )
+    if role == "editor":  # the sampler step it was made for ("ddim": the re-implementation's); sampler.resolve_step
+        backbone.sampler_step = meta.get("sampler_step")
     transformer = backbone.transformer
     if meta["npedit_format"] == "full":
         result = transformer.load_state_dict(weights, strict=False)

@@ -3,6 +3,17 @@
 Rectified flow: x_t = (1 - t) x_0 + t eps, v = eps - x_0, t = 1 is pure noise, x0_hat = x_t - t v.
 `denoise` runs any list of times; inference runs the 4-step schedule under no_grad, training runs the
 1- or 2-step `unroll` of the same function with gradients through every pass.
+
+Two ways to go from time s to the next time s' (x0 = x - s v, eps_hat = x0 + v the implied noise, z fresh):
+- "renoise" (ours): x' = (1 - s') x0 + s' (eta z + sqrt(1 - eta^2) eps_hat). eta = 1 is all-fresh noise,
+  which is the re-implementation's TRAINING unroll (models/latent_fm.py, TrainableOpsDMD); eta = 0 is
+  the deterministic Euler step of diffusers' FlowMatchEulerDiscreteScheduler.
+- "ddim": the re-implementation's INFERENCE step (utils_fm/sampler.py, FlowSampler, sample_method
+  "ddim"), a predictor-corrector step that keeps part of the predicted noise:
+      c  = max(0, s' - eta (s - s') s' / s)
+      x' = (1 - s') x0 + c eps_hat + sqrt(s'^2 - c^2) z
+  With eta = 1 the kept share is c = s'^2 / s (at s = 1 -> 0.9474: 0.898 of eps_hat, 0.303 of z), not
+  zero; eta = 0 is Euler again. Its published checkpoint was sampled this way (eta = 1).
 """
 
 from __future__ import annotations
@@ -18,6 +29,18 @@ from .images import blend_mask, check_images, check_mask, resize, working_size
 
 #: Called after each step with (step index, number of steps, current x0 estimate (B, C, h, w)).
 StepCallback = Callable[[int, int, torch.Tensor], None]
+
+#: The between-step updates of `denoise` (module docstring).
+STEPS = ("renoise", "ddim")
+
+
+def resolve_step(backbone, step: str | None) -> str:
+    """`step`, or for None / "auto" the editor's own (recorded in its export, e.g. "ddim" for the published checkpoint)."""
+    if step in (None, "auto"):
+        step = getattr(backbone, "sampler_step", None) or "renoise"
+    if step not in STEPS:
+        raise NPEditError(f"sampler step: {step!r} is not one of {', '.join(STEPS)} (or auto)")
+    return step
 
 
 def time_shift(t: float, shift: float) -> float:
@@ -46,18 +69,20 @@ def denoise(
     eta: float = 0.0,
     renoise: Callable[[torch.Tensor], torch.Tensor] | None = None,
     callback: StepCallback | None = None,
+    step: str = "renoise",
 ) -> torch.Tensor:
     """Run the sampler from latents `x` (B, C, h, w) at time sigmas[0]; return x0_hat of the last step.
 
-    Between steps, eta = 0 is the deterministic Euler step of diffusers' FlowMatchEulerDiscreteScheduler
-    (x <- x + (s_next - s) v); eta = 1 re-noises x0_hat to s_next with fresh noise (the
-    re-implementation's sampler); values between mix the predicted and the fresh noise, keeping unit
-    variance. From t = 1 the Euler step re-uses the starting noise exactly, which is the paper's
-    "same eps" variant of the unroll. No stop-gradient anywhere: under autograd every pass is kept.
-    `renoise(x)` returns fresh noise shaped like x (default torch.randn_like).
+    Between steps, `step` "renoise" or "ddim" with `eta` (module docstring). With eta = 0 both are the
+    deterministic Euler step (x <- x + (s_next - s) v), which from t = 1 re-uses the starting noise
+    exactly: the paper's "same eps" variant of the unroll. No stop-gradient anywhere: under autograd
+    every pass is kept. `renoise(x)` returns fresh noise shaped like x (default torch.randn_like);
+    "ddim" draws it between steps even where its coefficient is 0, as the re-implementation does.
     """
     if not 0.0 <= eta <= 1.0:
         raise NPEditError(f"eta: must lie in [0, 1], got {eta}")
+    if step not in STEPS:
+        raise NPEditError(f"sampler step: {step!r} is not one of {', '.join(STEPS)}")
     renoise = renoise or torch.randn_like
     x0 = x
     for i, s in enumerate(sigmas):
@@ -69,7 +94,11 @@ def denoise(
         if i + 1 == len(sigmas):
             break
         s_next = sigmas[i + 1]
-        if eta == 0.0:
+        if step == "ddim":
+            eps_hat = x0 + v
+            kept = max(0.0, s_next - eta * (s - s_next) * s_next / s)  # share of the predicted noise kept
+            x = (1 - s_next) * x0 + kept * eps_hat + math.sqrt(s_next**2 - kept**2) * renoise(x)
+        elif eta == 0.0:
             x = x + (s_next - s) * v
         else:
             eps_hat = x0 + v  # the noise implied by (x, v): x = (1 - s) x0 + s eps
@@ -99,7 +128,11 @@ def unroll(
     eta: float = 1.0,
     renoise: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The training unroll (method.md 2.1): `denoise` over `unroll_sigmas(schedule, k)`, with gradients."""
+    """The training unroll (method.md 2.1): `denoise` over `unroll_sigmas(schedule, k)`, with gradients.
+
+    Always the "renoise" step: with eta = 1 (the default) that is the re-implementation's training
+    unroll, fresh noise at t_k, whichever step its inference uses.
+    """
     return denoise(backbone, noise, unroll_sigmas(schedule, k), text, reference, eta=eta, renoise=renoise)
 
 
@@ -142,8 +175,13 @@ def edit_images(
     mask: torch.Tensor | None = None,
     max_area: int | None = None,
     callback: StepCallback | None = None,
+    step: str | None = None,
 ) -> torch.Tensor:
     """Edit a batch of images (B, 3, H, W) in [0, 1]; returns (B, 3, H, W) of exactly the input size.
+
+    `step` is the between-step update ("renoise" or "ddim", module docstring); None or "auto": the
+    editor's own, as its export records it ("ddim" for the re-implementation's published checkpoint),
+    else "renoise".
 
     The images run at the nearest size whose sides are multiples of `backbone.pixel_multiple`
     (optionally scaled down to `max_area` pixels) and the output is resized back to (H, W). With a
@@ -151,6 +189,7 @@ def edit_images(
     the input's, bit for bit. An int seed gives sample i the seed `seeds + i`.
     """
     check_images(images, "image")
+    step = resolve_step(backbone, step)
     batch, _, height, width = images.shape
     instructions = per_sample(instructions, batch, "instructions")
     for i, text in enumerate(instructions):
@@ -169,7 +208,8 @@ def edit_images(
     noise_source = SeededNoise(seeds)
     noise = noise_source(torch.empty(reference.shape, device=reference.device, dtype=torch.float32))
     x0 = denoise(
-        backbone, noise, edit_schedule(steps, shift), text, reference, eta=eta, renoise=noise_source, callback=callback
+        backbone, noise, edit_schedule(steps, shift), text, reference, eta=eta, renoise=noise_source, callback=callback,
+        step=step,
     )
     out = resize(backbone.decode_latents(x0).float().cpu(), (height, width))
     out = out.to(images.device, images.dtype)

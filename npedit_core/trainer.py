@@ -373,7 +373,7 @@ class Trainer:
             image = collate(self.records, [i], self.buckets)["images"]  # one at a time: buckets differ
             inputs.append(image)
             outputs.append(edit_images(self.roles.editor_backbone(), image, record.instruction, seeds=i,
-                                       steps=s.steps, shift=s.shift, eta=s.eta))
+                                       steps=s.steps, shift=s.shift, eta=s.eta, step=s.step))
         path = self.run_dir / "previews" / f"step-{self.step:08d}.png"
         if self.is_main:
             save_preview_grid(path, inputs, outputs)

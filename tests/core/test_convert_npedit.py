@@ -20,6 +20,7 @@ from npedit_core.convert_npedit import (
 )
 from npedit_core.errors import CheckpointError
 from npedit_core.export import load_editor, read_export
+from npedit_core.sampler import resolve_step
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +41,13 @@ def test_converts_and_loads_into_backbone(tmp_path, published, qwen_tokenizer_pa
     assert weights["x_pad_token"].dtype == torch.bfloat16  # the file's dtype is kept
 
     backbone = load_editor(ZImageBackbone.tiny(seed=0, tokenizer_path=qwen_tokenizer_path), out)
+    assert meta["sampler_step"] == "ddim" and resolve_step(backbone, "auto") == "ddim"  # its own inference step
     state = backbone.transformer.state_dict()
     for key, value in published.items():
         assert torch.equal(state[key[len("transformer."):]], value.float()), key
 
     direct = load_published_editor(ZImageBackbone.tiny(seed=3, tokenizer_path=qwen_tokenizer_path), src)
-    assert direct.enable_thinking is False
+    assert direct.enable_thinking is False and resolve_step(direct, None) == "ddim"
     assert torch.equal(direct.transformer.state_dict()["x_pad_token"], state["x_pad_token"])
 
 

@@ -115,3 +115,52 @@ def test_bad_inputs_get_clear_errors(images, kwargs, match):
     kwargs.setdefault("instructions", "add a hat")
     with pytest.raises(NPEditError, match=match):
         edit_images(ToyBackbone(), images, **kwargs)
+
+
+def reimplementation_flow_sampler(velocity, x, timesteps, noises, eta):
+    """A port of the re-implementation's inference loop (utils_fm/sampler.py, FlowSampler.__call__,
+    sample_method "ddim", FlowNoiser alpha = 1 - t, beta = t, min_timestep 0 appended); `noises` stands
+    in for its generator's draws, one per step."""
+    x = x.to(torch.float32)
+    timesteps = torch.cat([torch.tensor(timesteps), torch.tensor([0.0])])
+    for i, (t, next_t) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True)):
+        v = velocity(x, t.repeat(x.shape[0]))
+        alpha, beta = 1 - t, t
+        next_alpha, next_beta = 1 - next_t, next_t
+        x_0, eps = x - beta * v, x + alpha * v
+        sde_beta = (next_beta - eta * (beta - next_beta) * (next_beta / beta)).clamp(min=0.0)
+        x = next_alpha * x_0 + sde_beta * eps + (next_beta**2 - sde_beta**2).sqrt() * noises[i]
+    return x, x_0
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5, 0.0])
+def test_ddim_step_matches_a_port_of_the_reimplementations_sampler(eta):
+    bb = ToyBackbone()
+    text, ref = bb.encode_text(["make it red"]), bb.encode_images(torch.rand(2, 3, 16, 16))
+    schedule = edit_schedule(4, 6.0)
+    start = torch.randn(2, 4, 2, 2)
+    noises = [torch.randn(2, 4, 2, 2) for _ in schedule]
+    expected, _ = reimplementation_flow_sampler(lambda x, t: bb.velocity(x, t, text, ref), start, schedule, noises, eta)
+    draws = iter(noises)
+    got = denoise(bb, start, schedule, text, ref, eta=eta, renoise=lambda x: next(draws), step="ddim")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # It is not the renoise step: at eta = 1 that keeps none of the predicted noise.
+    draws = iter(noises)
+    other = denoise(bb, start, schedule, text, ref, eta=eta, renoise=lambda x: next(draws), step="renoise")
+    if eta > 0:
+        assert (other - expected).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(other, expected, rtol=1e-5, atol=1e-6)  # eta 0: both are Euler
+
+
+def test_edit_images_uses_the_step_an_export_records():
+    bb = ToyBackbone()
+    images = torch.rand(1, 3, 16, 16)
+    renoised = edit_images(bb, images, "make it red", seeds=3, step="renoise")
+    ddim = edit_images(bb, images, "make it red", seeds=3, step="ddim")
+    assert (renoised - ddim).abs().max() > 1e-4
+    bb.sampler_step = "ddim"  # what export.load_editor sets from the file's metadata
+    assert torch.equal(edit_images(bb, images, "make it red", seeds=3), ddim)
+    assert torch.equal(edit_images(bb, images, "make it red", seeds=3, step="renoise"), renoised)
+    with pytest.raises(NPEditError, match="sampler step"):
+        edit_images(bb, images, "make it red", step="euler")
