@@ -73,7 +73,7 @@ class RefineConfig:
 class LossConfig:
     w_vlm: float = 0.02
     w_dmd: float = 1.0
-    w_do_nothing: float = 1.0
+    w_do_nothing: float = 1.0  # per sample: each term counts its rows / batch size (losses.batch_share)
     do_nothing_prob: float = 0.01  # chance that the instruction becomes "do nothing."
     logit_scale_start: float = 0.1  # judge-logit scale ramps from start to end over ramp_steps
     logit_scale_end: float = 1.0
@@ -83,6 +83,9 @@ class LossConfig:
     negative_prompt: str = "low quality, artifacts"
     identity_question: bool = True  # ablation: ask only the edit-verification question
     fake_updates: int = 5  # fake-score updates per editor update (two-time-scale rule)
+    # Warm-up times (losses.warmup_loss): "uniform" = the re-impl.'s t ~ U(0, 1), time-shifted, loss weighted
+    # by the logit-normal density at the shifted t; "logit_normal" = t = sigmoid(N(0, 1)), shifted, unweighted.
+    warmup_times: Literal["uniform", "logit_normal"] = "uniform"
     # The unroll length k ~ U{1..sampler.steps} (4 steps: a 1-step unroll 25 % of the time).
 
 
@@ -90,9 +93,18 @@ class LossConfig:
 class OptimConfig:
     lr: float = 2e-5
     betas: tuple[float, float] = (0.0, 0.9)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # applied to matrices only (ndim > 1), as the re-impl.'s parameter groups
     grad_clip: float = 2.0
     fake_lr: float = 2e-5
+    # Learning rate per editor step (trainer.learning_rate): linear from ~0 over warmup_steps, then constant
+    # or a cosine down to min_lr at train.steps; lr and fake_lr follow the same curve.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # the cosine's end, in the units of lr (fake_lr ends at the same fraction)
+    # Skip an update whose gradient norm (before clipping) exceeds this, from grad_spike_start_step on
+    # (re-impl.: 300 from step 0 in the NP-Edit stage, 100 from step 1000 in the warm-up); null: no guard.
+    grad_spike_threshold: float | None = 300.0
+    grad_spike_start_step: int = 0
 
 
 @dataclass
@@ -119,6 +131,7 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 1
     seed: int = 0
+    text_dropout: float = 0.0  # chance that the editor's text becomes "" (re-impl.: 0.1 in its warm-up file, never applied)
     gradient_checkpointing: bool = True
     log_every: int = 10
     save_every: int = 500

@@ -8,6 +8,7 @@ Logs are plain floats (detached), ready for metrics.jsonl.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -123,17 +124,59 @@ def fake_score_loss(
 
 
 def do_nothing_loss(x0: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """For the "do nothing." instruction: MSE between the edit's latents and the reference latents."""
+    """For the "do nothing." instruction: MSE between the edit's latents and the reference latents.
+
+    A mean over the do-nothing rows given; the trainer weighs it by their share of the batch
+    (`batch_share`), as the re-implementation zeroes the other rows' term and averages over the batch.
+    """
     loss = F.mse_loss(x0.float(), reference.float())
     return loss, {"do_nothing_loss": loss.item()}
+
+
+def batch_share(rows: int, batch: int) -> float:
+    """Weight of a term averaged over `rows` of a `batch`: rows / batch, so every sample weighs 1 / batch.
+
+    TRAP: a term that is a mean over a subset of the batch (the do-nothing rows, or the edit rows) would
+    otherwise weigh as much as a whole batch: with batch B and one do-nothing row, B times the
+    re-implementation's weight. Gradient accumulation divides every micro-batch by the same count, so
+    the weight per sample is the same whatever batch_size x grad_accum makes up the global batch.
+    """
+    return rows / batch
 
 
 def sample_train_times(
     n: int, shift: float = 6.0, device=None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Warm-up training times: logit-normal t = sigmoid(N(0, 1)), then the time shift (method.md 3)."""
+    """Logit-normal training times t = sigmoid(N(0, 1)), then the time shift (SD3's sampling)."""
     t = torch.sigmoid(torch.randn(n, device=device, generator=generator))
     return shift * t / (1 + (shift - 1) * t)
+
+
+def logit_normal_density(t: torch.Tensor, mu: float = 0.0, sigma: float = 1.0) -> torch.Tensor:
+    """Density of the logit-normal distribution at t (clamped to [1e-6, 1 - 1e-6], as the re-implementation)."""
+    t = t.clamp(1e-6, 1 - 1e-6)
+    logit = torch.log(t / (1 - t))
+    log_pdf = -torch.log(t * (1 - t)) - math.log(sigma * math.sqrt(2 * math.pi)) - 0.5 * ((logit - mu) / sigma) ** 2
+    return log_pdf.exp()
+
+
+def warmup_times(
+    n: int, shift: float = 6.0, kind: str = "uniform", device=None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, loss weight), each (n,), for the warm-up (method.md 3).
+
+    "uniform" (the re-implementation's refcopy config): t ~ U(0, 1), time-shifted, weighted by the
+    logit-normal density at the shifted t (its TimeSampler / TimeWarper / TimeWeighter); "logit_normal":
+    `sample_train_times`, weight 1.
+    """
+    if kind == "logit_normal":
+        t = sample_train_times(n, shift, device, generator)
+        return t, torch.ones_like(t)
+    if kind != "uniform":
+        raise ValueError(f"warm-up times: {kind!r} is not 'uniform' or 'logit_normal'")
+    u = torch.rand(n, device=device, generator=generator)
+    t = shift * u / (1 + (shift - 1) * u)
+    return t, logit_normal_density(t)
 
 
 def warmup_loss(
@@ -142,16 +185,18 @@ def warmup_loss(
     text: TextEmbeds,
     shift: float = 6.0,
     generator: torch.Generator | None = None,
+    times: str = "uniform",
 ) -> tuple[torch.Tensor, dict]:
     """Reference-copy flow matching (method.md 3): the target x0 is the reference itself.
 
     editor(x_t, t, text, reference) -> v; text is the reference caption c_y. Teaches the reference
-    pathway before NP-Edit proper.
+    pathway before NP-Edit proper. Loss = mean over samples of weight(t) x per-sample MSE (`warmup_times`).
     """
     x0 = reference.detach()
-    t = sample_train_times(x0.shape[0], shift, x0.device, generator)
+    t, weight = warmup_times(x0.shape[0], shift, times, x0.device, generator)
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     tb = t.view(-1, *[1] * (x0.ndim - 1)).to(x0.dtype)
     x_t = (1 - tb) * x0 + tb * eps
-    loss = F.mse_loss(editor(x_t, t, text, x0).float(), (eps - x0).float())
+    per_sample = (editor(x_t, t, text, x0).float() - (eps - x0).float()).square().flatten(1).mean(1)
+    loss = (weight * per_sample).mean()
     return loss, {"warmup_loss": loss.item(), "warmup_t_mean": t.mean().item()}

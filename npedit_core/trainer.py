@@ -13,6 +13,7 @@ function of (seed, step), so every rank unrolls the same number of steps without
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -23,10 +24,10 @@ import torch
 
 from .backbones.base import TextEmbeds
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import NPEditConfig, save_config, to_dict
+from .config import NPEditConfig, OptimConfig, save_config, to_dict
 from .data import BucketBatchSampler, assign_bucket, collate, demo_manifest, make_buckets, read_manifest
 from .errors import NPEditError
-from .losses import cfg_scales, dmd_generator_loss, do_nothing_loss, fake_score_loss, logit_scale, warmup_loss
+from .losses import batch_share, cfg_scales, dmd_generator_loss, do_nothing_loss, fake_score_loss, logit_scale, warmup_loss
 from .models import build_backbone, build_judge
 from .objective import judge_loss
 from .previews import save_preview_grid
@@ -34,6 +35,31 @@ from .roles import make_roles
 from .sampler import edit_images, edit_schedule, unroll
 
 DO_NOTHING = "do nothing."
+
+
+def learning_rate(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """The fraction of optim.lr (and fake_lr) for the update that follows `step` editor updates.
+
+    The re-implementation's LinearWarmupCosineDecayScheduler (utils/lr.py): linear from 1e-8 to 1 over
+    `warmup_steps`, then constant, or ("cosine") a half cosine down to min_lr / lr at `total_steps`,
+    then min_lr. A function of the step alone, so resume needs no scheduler state.
+    """
+    if step < optim.warmup_steps:
+        return 1e-8 + (1 - 1e-8) * step / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    floor = optim.min_lr / optim.lr
+    span = total_steps - optim.warmup_steps
+    if span <= 0 or step >= total_steps:
+        return floor
+    return floor + (1 - floor) * (1 + math.cos(math.pi * (step - optim.warmup_steps) / span)) / 2
+
+
+def param_groups(params: list, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices (ndim > 1) only, none on biases, norms and embeddings' scales."""
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}) if g["params"]]
 
 
 class TextCache:
@@ -99,8 +125,8 @@ class Trainer:
         o = cfg.optim
         self.editor_params = self.roles.editor_parameters()
         self.fake_params = self.roles.fake_parameters()
-        self.opt = torch.optim.AdamW(self.editor_params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=o.fake_lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.opt = torch.optim.AdamW(param_groups(self.editor_params, o.weight_decay), lr=o.lr, betas=o.betas)
+        self.fake_opt = torch.optim.AdamW(param_groups(self.fake_params, o.weight_decay), lr=o.fake_lr, betas=o.betas)
 
         self.records = self._read_data()
         self.buckets = make_buckets(cfg.data.resolution, self.backbone.pixel_multiple)
@@ -137,17 +163,17 @@ class Trainer:
         images = batch["images"].to(dev)
         with torch.no_grad():
             reference = self.backbone.encode_images(images)
+        # With FSDP every rank must run the same forward passes, so the draws (text dropout, do nothing)
+        # come from (seed, step) like k; otherwise from this rank's own stream.
+        draw = random.Random(cfg.train.seed * 1_000_033 + self.step) if self.fsdp else random
         if not self.npedit:
-            text = self.text(batch["source_captions"], dev)
-            loss, logs = warmup_loss(self.roles.editor, reference, text, cfg.sampler.shift)
+            text = self.text(self._drop_text(batch["source_captions"], draw), dev)
+            loss, logs = warmup_loss(self.roles.editor, reference, text, cfg.sampler.shift, times=cfg.loss.warmup_times)
             return loss, logs
 
         b = images.shape[0]
-        # With FSDP every rank must run the same forward passes, so the do-nothing draw comes from
-        # (seed, step) like k; otherwise from this rank's own stream.
-        draw = random.Random(cfg.train.seed * 1_000_033 + self.step) if self.fsdp else random
         idle = [draw.random() < cfg.loss.do_nothing_prob for _ in range(b)]
-        instructions = [DO_NOTHING if n else s for n, s in zip(idle, batch["instructions"])]
+        instructions = [DO_NOTHING if n else s for n, s in zip(idle, self._drop_text(batch["instructions"], draw))]
         k = self.unroll_k()
         noise = torch.randn(reference.shape, device=dev, dtype=reference.dtype)
         x0 = unroll(self.roles.editor_backbone(), noise, self.text(instructions, dev), reference, self.schedule, k, cfg.sampler.eta)
@@ -169,14 +195,20 @@ class Trainer:
                 x0_e, self.roles.teacher, self.roles.fake, captions, negative, cfg_scales(pick(batch["edit_types"]), dev),
                 cfg.loss.dmd_t_min, cfg.loss.dmd_t_max,
             )
-            total = total + cfg.loss.w_vlm * l_vlm + cfg.loss.w_dmd * l_dmd
+            share = batch_share(len(edit_rows), b)  # every sample weighs 1 / b, whichever term it feeds
+            total = total + share * (cfg.loss.w_vlm * l_vlm + cfg.loss.w_dmd * l_dmd)
             logs.update(vlm_logs, **dmd_logs, logit_scale=scale)
         idle_rows = [i for i in range(b) if idle[i]]
         if idle_rows:
             l_dn, dn_logs = do_nothing_loss(x0[idle_rows], reference[idle_rows])
-            total = total + cfg.loss.w_do_nothing * l_dn
+            total = total + batch_share(len(idle_rows), b) * cfg.loss.w_do_nothing * l_dn
             logs.update(dn_logs)
         return total, logs
+
+    def _drop_text(self, prompts: list[str], draw) -> list[str]:
+        """Each prompt becomes "" with probability train.text_dropout (one draw per prompt, always taken)."""
+        p = self.cfg.train.text_dropout
+        return [("" if draw.random() < p else s) for s in prompts] if p > 0 else list(prompts)
 
     def fake_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Fake-score denoising loss on a fresh batch of editor outputs made without gradients."""
@@ -190,35 +222,62 @@ class Trainer:
         return fake_score_loss(self.roles.fake, x0, self.text(list(batch["edited_captions"]), dev))
 
     def update(self, opt, params, loss_fn, prefix: str) -> dict:
-        """grad_accum micro-batches -> average across ranks -> clip -> step; a non-finite step is skipped."""
-        accum = self.cfg.train.grad_accum
+        """grad_accum micro-batches -> average across ranks -> clip -> step.
+
+        Skipped, on every rank alike: a non-finite loss (on any rank) or gradient norm, and a gradient
+        norm (before clipping) above optim.grad_spike_threshold from grad_spike_start_step on.
+        """
+        o, accum = self.cfg.optim, self.cfg.train.grad_accum
         logs: dict = {}
         finite = True
         for _ in range(accum):
             loss, micro = loss_fn(self.next_batch())
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            (loss / accum).backward()
+            # TRAP: no early exit on a non-finite loss. Every rank must run the same micro-batches and
+            # backward passes (FSDP's are collectives) and reach the agreement below, or the others
+            # wait for this rank forever; the NaN gradients are thrown away with the step.
+            finite = finite and bool(torch.isfinite(loss))
+            if loss.requires_grad:
+                (loss / accum).backward()
             for key, value in micro.items():
                 logs[key] = logs.get(key, 0.0) + value / accum
+        finite = self._all_agree(finite)
+        reason = None if finite else "non-finite loss"
         if finite:
             self._all_reduce(params)
             if self.fsdp:
                 from .fsdp import clip_grad_norm
 
-                norm = clip_grad_norm(params, self.cfg.optim.grad_clip)
+                norm = clip_grad_norm(params, o.grad_clip)
             else:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-            finite = bool(torch.isfinite(norm))
-            logs[f"{prefix}grad_norm"] = norm.item()
-        if finite:
+                norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            norm = norm.item()  # the same on every rank: gradients are averaged (or FSDP-reduced) first
+            logs[f"{prefix}grad_norm"] = norm
+            if not math.isfinite(norm):
+                reason = "non-finite gradient"
+            elif o.grad_spike_threshold is not None and self.step >= o.grad_spike_start_step and norm > o.grad_spike_threshold:
+                reason = f"gradient norm {norm:.4g} above optim.grad_spike_threshold={o.grad_spike_threshold:g}"
+                logs[f"{prefix}spike"] = 1
+        if reason is None:
             opt.step()
         else:
             logs[f"{prefix}skipped"] = 1
-            self.log(f"step {self.step}: non-finite {prefix or 'editor '}loss or gradient, update skipped")
+            self.log(f"step {self.step}: {reason} ({prefix or 'editor '}update), update skipped")
         opt.zero_grad(set_to_none=True)
         return logs
+
+    def _all_agree(self, ok: bool) -> bool:
+        """True only if `ok` on every rank (one all-reduce)."""
+        if self.acc.num_processes == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item() == self.acc.num_processes)
+
+    def _set_learning_rates(self) -> float:
+        factor = learning_rate(self.step, self.cfg.optim, self.cfg.train.steps)
+        for opt, base in ((self.opt, self.cfg.optim.lr), (self.fake_opt, self.cfg.optim.fake_lr)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        return factor * self.cfg.optim.lr
 
     def _all_reduce(self, params) -> None:
         if self.acc.num_processes == 1:
@@ -233,7 +292,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         started = time.perf_counter()
-        logs: dict = {}
+        logs: dict = {"lr": self._set_learning_rates()}
         if self.npedit:
             n = self.cfg.loss.fake_updates
             for _ in range(n):

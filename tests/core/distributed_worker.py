@@ -8,10 +8,18 @@ import torch
 from npedit_core.config import load_config
 from npedit_core.trainer import Trainer
 
-out, no_sync, *overrides = sys.argv[1:]
+out, mode, *overrides = sys.argv[1:]
 trainer = Trainer(load_config(None, overrides), log=lambda *_: None)
-if no_sync == "1":
+if mode == "nosync":
     trainer._all_reduce = lambda params: None  # the control: ranks must then drift apart
+if mode == "nan_on_rank1" and trainer.acc.process_index == 1:
+    editor_losses = trainer.editor_losses
+
+    def nan_at_the_first_step(batch):  # only this rank's first editor loss is NaN
+        loss, logs = editor_losses(batch)
+        return (loss * float("nan") if trainer.step == 0 else loss), logs
+
+    trainer.editor_losses = nan_at_the_first_step
 trainer.run()
 rank = trainer.acc.process_index
 torch.save({"editor": trainer.roles.editor_state_dict(), "fake": trainer.roles.fake_state_dict(),
