@@ -180,17 +180,21 @@ def to_dict(config: Any) -> dict:
     return _plain(dataclasses.asdict(config))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = NPEditConfig) -> Any:
-    """Defaults, then the YAML file at `path`, then `key.sub=value` overrides (values parsed as YAML)."""
+def load_config(path: str | Path | list | None = None, overrides: list[str] = (), cls: type = NPEditConfig) -> Any:
+    """Defaults, then the YAML file(s) at `path` (a list: each later file overrides the earlier ones,
+    key by key), then `key.sub=value` overrides (values parsed as YAML)."""
     data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise NPEditError(f"config file not found: {path}")
+    for file in [] if path is None else [path] if isinstance(path, (str, Path)) else list(path):
+        file = Path(file)
+        if not file.is_file():
+            raise NPEditError(f"config file not found: {file}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise NPEditError(f"config file {path}: not valid YAML ({exc})") from None
+            raise NPEditError(f"config file {file}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise NPEditError(f"config file {file}: expected a mapping of sections, got {type(loaded).__name__}")
+        _merge(data, loaded)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -204,6 +208,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
                 raise NPEditError(f"override {item!r}: '{part}' is not a section")
         node[parts[-1]] = value
     return from_dict(cls, data)
+
+
+def _merge(base: dict, update: dict) -> None:
+    """Deep-merge `update` into `base` in place: sections merge, values replace."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-CONFIG_HELP = "YAML config file (defaults, then this file, then the overrides)"
+CONFIG_HELP = ("YAML config file (defaults, then this file, then the overrides); repeat -c to layer files, "
+               "e.g. -c configs/flux2_klein_qwen25vl_lora.yaml -c configs/warmup.yaml")
 OVERRIDE_HELP = "config overrides as key.sub=value, e.g. train.steps=100 model.path=/models/klein"
 
 
@@ -20,12 +21,22 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
+def _warn_distilled(cfg) -> None:
+    from npedit_core.distilled import distilled_warning
+
+    warning = distilled_warning(cfg.model)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def cmd_check_config(args) -> int:
     import yaml
 
     from npedit_core.config import to_dict
 
-    print(yaml.safe_dump(to_dict(_config(args)), sort_keys=False), end="")
+    cfg = _config(args)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    _warn_distilled(cfg)
     return 0
 
 
@@ -33,6 +44,7 @@ def cmd_train(args) -> int:
     from npedit_core.trainer import run_training
 
     cfg = _config(args)
+    _warn_distilled(cfg)
     run_dir = run_training(cfg)
     print(f"run directory: {run_dir}")
     return 0
@@ -139,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p):
-        p.add_argument("--config", "-c", help=CONFIG_HELP)
+        p.add_argument("--config", "-c", action="append", help=CONFIG_HELP)
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
         return p
 
