@@ -68,12 +68,27 @@ class Critic:
 
     @contextmanager
     def _adapters(self, enabled: bool):
+        """Run the body with adapter FAKE_ADAPTER active (enabled) or every adapter off (the teacher).
+
+        Set explicitly, never inherited: the same base may also carry an editor LoRA (loaded after the
+        fake score, it would be the active one). The adapter state found is put back afterwards.
+        """
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         transformer = self.backbone.transformer
-        transformer.enable_adapters() if enabled else transformer.disable_adapters()
+        layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
+        before = [(m.active_adapter, m.disable_adapters) for m in layers]
+        if enabled:
+            transformer.enable_adapters()
+            transformer.set_adapter(FAKE_ADAPTER)
+        else:
+            transformer.disable_adapters()
         try:
             yield
         finally:
-            transformer.enable_adapters()
+            for layer, (active, disabled) in zip(layers, before):
+                layer.set_adapter(active)
+                layer.enable_adapters(not disabled)
             transformer.requires_grad_(False)  # peft re-enables requires_grad on adapter weights when switching
 
     def teacher(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbeds) -> torch.Tensor:

@@ -83,6 +83,8 @@ class SharedLoRARoles(Roles):
                 config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
                 transformer.add_adapter(config, adapter_name=name)
         self._switch(EDITOR)
+        if getattr(transformer, "is_gradient_checkpointing", False):  # switched on before the roles existed:
+            self.set_gradient_checkpointing(True)  # re-install it with the adapter replay (checkpointing.py)
 
     def _switch(self, name: str | None) -> None:
         """Make adapter `name` the active one (None: the bare base, i.e. the teacher).

@@ -66,3 +66,21 @@ def test_wrong_files_and_inputs_are_named(exports, image):
         realism_scores(critic, image, "x", times=(0.0, 0.5))
     with pytest.raises(NPEditError, match="caption: 2 given for a batch of 1"):
         realism_scores(critic, image, ["a", "b"])
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
+def test_the_fake_score_is_its_own_adapter_even_when_an_editor_lora_was_loaded_after_it(exports):
+    base = ZImageBackbone.tiny(seed=0)
+    alone = Critic.from_export(ZImageBackbone.tiny(seed=0), exports["lora"]["fake"])
+    shared = Critic.from_export(base, exports["lora"]["fake"])
+    from npedit_core.export import load_editor
+
+    load_editor(base, exports["lora"]["editor"])  # now adapter "editor" is the active one on the same base
+    text = base.encode_text(["a cup of coffee"])
+    x, t = torch.randn(1, 16, 4, 4), torch.tensor([0.5])
+    with torch.no_grad():
+        editor_before = base.velocity(x, t, text)
+        torch.testing.assert_close(shared.fake(x, t, text), alone.fake(x, t, text))
+        torch.testing.assert_close(shared.teacher(x, t, text), alone.teacher(x, t, text))
+        torch.testing.assert_close(base.velocity(x, t, text), editor_before)  # the editor is active again after
+    assert not torch.allclose(editor_before, alone.fake(x, t, text), atol=1e-4)

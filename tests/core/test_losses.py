@@ -89,12 +89,27 @@ def test_dmd_generator_loss_uses_cfg_on_the_teacher_and_no_grad_through_the_crit
         assert not torch.is_grad_enabled()
         return x_t
 
-    loss, logs = dmd_generator_loss(x0, real, fake, text, negative, cfg_scales(["remove", "color"]))
+    loss, logs = dmd_generator_loss(x0, real, fake, text, negative, cfg_scales(["remove", "color"]),
+                                    generator=torch.Generator().manual_seed(5))
     loss.backward()
     assert [c[1] for c in calls] == [1.0, 0.0]
-    assert x0.grad is not None and torch.isfinite(x0.grad).all() and x0.grad.abs().sum() > 0
     assert 0.02 <= logs["dmd_t_mean"] <= 0.98
     assert cfg_scales(["remove", "color", "style"]).tolist() == [7.5, 3.5, 7.5]
+
+    # By hand, from the same draws: the teacher's velocity is v_u + w (v_c - v_u) with w = 7.5 for the
+    # removal and 3.5 for the recolour; v_c = 2 x_t, v_u = x_t, the fake's v = x_t.
+    def expected_grad(w):
+        g = torch.Generator().manual_seed(5)
+        t = (0.02 + 0.96 * torch.rand(2, generator=g)).view(-1, 1, 1, 1)
+        x_t = (1 - t) * x0.detach() + t * torch.randn(x0.shape, generator=g)
+        x0_real = x_t - t * (x_t + w.view(-1, 1, 1, 1) * (2 * x_t - x_t))
+        x0_fake = x_t - t * x_t
+        norm = (x0.detach() - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+        return (x0_fake - x0_real) / norm / x0.numel()
+
+    torch.testing.assert_close(x0.grad, expected_grad(torch.tensor([7.5, 3.5])))
+    for other in ([1.0, 1.0], [3.5, 3.5], [7.5, 7.5]):  # no CFG, or one scale for both: another gradient
+        assert (x0.grad - expected_grad(torch.tensor(other))).abs().max() > 1e-3
 
 
 def test_fake_score_loss_is_zero_for_the_exact_velocity_and_trains_only_the_fake():

@@ -162,10 +162,40 @@ def test_config_typo_is_a_one_line_error(capsys):
     assert err == "error: unknown config key 'train.stpes'; did you mean 'train.steps'?"
 
 
-def test_offload_options_run_and_tensorboard_is_optional(tmp_path, manifest):
+def test_offload_moves_each_model_to_the_device_only_while_it_works_and_tensorboard_is_optional(
+        tmp_path, manifest, monkeypatch):
     trainer = Trainer(config(tmp_path, manifest, "train.steps=1", "train.offload_text_encoder=true",
                              "train.offload_judge=true", "train.tensorboard=true"), log=quiet)
-    assert trainer.train_step()["step"] == 1  # (on a CPU machine the moves are no-ops: this checks the path runs)
+    # A CPU cannot see memory move, so the trainer's device is named "cpu:0" (the same memory) and every
+    # move is recorded: "cpu:0" = to the compute device, "cpu" = offloaded; and where each model is when used.
+    trainer.device = torch.device("cpu", 0)
+    where, events = {"judge": "cpu", "text_encoder": "cpu"}, []
+
+    def record(name, module):
+        to = module.to
+
+        def moved(device, *args, **kwargs):
+            where[name] = str(device)
+            events.append((name, "to " + str(device)))
+            return to(device, *args, **kwargs)
+        monkeypatch.setattr(module, "to", moved)
+
+    def record_use(name, owner, method):
+        call = getattr(owner, method)
+        monkeypatch.setattr(owner, method, lambda *a: events.append((name, "used on " + where[name])) or call(*a))
+
+    record("judge", trainer.judge)
+    record("text_encoder", trainer.backbone.text_encoder)
+    record_use("judge", trainer.judge, "answer_logits")
+    record_use("text_encoder", trainer.backbone, "encode_text")
+    assert trainer.train_step()["step"] == 1
+    judge = [e for n, e in events if n == "judge"]
+    assert judge == ["to cpu:0", "used on cpu:0", "to cpu"]  # on the device for the editor update only
+    encoder = [e for n, e in events if n == "text_encoder"]
+    assert encoder[:3] == ["to cpu:0", "used on cpu:0", "to cpu"] and len(encoder) % 3 == 0
+    assert all(e == "used on cpu:0" for e in encoder[1::3])  # every encoding ran on the device, then left it
+    trainer.text(list(trainer.text.items)[:2], trainer.device)  # cached prompts: the text encoder stays put
+    assert [e for n, e in events if n == "text_encoder"] == encoder
     try:
         import tensorboard  # noqa: F401
     except ImportError:
