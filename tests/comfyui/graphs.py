@@ -1,4 +1,4 @@
-"""Point the example workflows (which name real models: FLUX.2-klein-4B, Qwen2.5-VL-7B) at the tiny fixtures."""
+"""Point the example workflows (which name real models: FLUX.2-klein-base-4B, Qwen2.5-VL-7B) at the tiny fixtures."""
 
 import copy
 
