@@ -120,8 +120,8 @@ def cmd_eval(args) -> int:
             from npedit_core.export import load_editor
 
             load_editor(backbone, args.editor)
-        editors.append(NPEditEditor(backbone, name=args.name, steps=steps, shift=cfg.sampler.shift, eta=cfg.sampler.eta, step=cfg.sampler.step,
-                                    max_area=args.max_area))
+        editors.append(NPEditEditor(backbone, name=args.name, steps=steps, shift=cfg.sampler.shift, eta=cfg.sampler.eta,
+                                    step=cfg.sampler.step, max_area=args.max_area))
     for folder in args.pipeline or []:
         editors.append(PipelineEditor.from_pretrained(folder, dtype=args.pipeline_dtype, device=args.device, steps=steps,
                                                       max_area=args.max_area))
