@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     text_dropout: float = 0.0  # chance that the editor's text becomes "" (re-impl.: 0.1 in its warm-up file, never applied)
+    # Stop (with an error, no save) after this many skipped editor updates in a row (non-finite or spiking).
+    max_skipped_steps: int = 20
+    allow_config_change: bool = False  # resume although keys that change the result differ (checkpoint.py)
     gradient_checkpointing: bool = True
     log_every: int = 10
     save_every: int = 500
@@ -207,7 +211,57 @@ def load_config(path: str | Path | list | None = None, overrides: list[str] = ()
             if not isinstance(node, dict):
                 raise NPEditError(f"override {item!r}: '{part}' is not a section")
         node[parts[-1]] = value
-    return from_dict(cls, data)
+    config = from_dict(cls, data)
+    if isinstance(config, NPEditConfig):
+        check_ranges(config)
+    return config
+
+
+def _at_least(low):
+    return lambda v: v >= low, f"must be at least {low}"
+
+
+_POSITIVE = (lambda v: v > 0, "must be positive")
+_NON_NEGATIVE = (lambda v: v >= 0, "must not be negative")
+_FRACTION = (lambda v: 0 <= v <= 1, "must lie in [0, 1]")
+_OPEN_UNIT = (lambda v: 0 < v < 1, "must lie strictly between 0 and 1")
+#: key -> (test, what it needs); numbers must also be finite. Checked after every load (check_ranges).
+RANGES = {
+    "sampler.steps": _at_least(1), "sampler.shift": _POSITIVE, "sampler.eta": _FRACTION,
+    "critic.times": _OPEN_UNIT, "critic.guidance": _NON_NEGATIVE,
+    "refine.steps": _at_least(1), "refine.lr": _POSITIVE,
+    "loss.w_vlm": _NON_NEGATIVE, "loss.w_dmd": _NON_NEGATIVE, "loss.w_do_nothing": _NON_NEGATIVE,
+    "loss.do_nothing_prob": _FRACTION, "loss.logit_scale_start": _NON_NEGATIVE, "loss.logit_scale_end": _NON_NEGATIVE,
+    "loss.logit_scale_ramp_steps": _NON_NEGATIVE, "loss.dmd_t_min": _OPEN_UNIT, "loss.dmd_t_max": _OPEN_UNIT,
+    "loss.fake_updates": _NON_NEGATIVE,
+    "optim.lr": _POSITIVE, "optim.fake_lr": _POSITIVE, "optim.betas": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+    "optim.weight_decay": _NON_NEGATIVE, "optim.grad_clip": _POSITIVE, "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.min_lr": _NON_NEGATIVE, "optim.grad_spike_threshold": _POSITIVE, "optim.grad_spike_start_step": _NON_NEGATIVE,
+    "lora.rank": _at_least(1), "lora.alpha": _POSITIVE, "lora.dropout": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+    "data.resolution": _at_least(16), "data.num_workers": _NON_NEGATIVE,
+    "train.steps": _at_least(1), "train.batch_size": _at_least(1), "train.grad_accum": _at_least(1),
+    "train.log_every": _at_least(1), "train.save_every": _at_least(1), "train.preview_every": _NON_NEGATIVE,
+    "train.keep_checkpoints": _at_least(1), "train.text_dropout": _FRACTION, "train.max_skipped_steps": _at_least(1),
+}
+
+
+def check_ranges(config: "NPEditConfig") -> None:
+    """Every number in range (RANGES) and finite; a one-line error naming the key otherwise."""
+    for key, (ok, need) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        for v in value if isinstance(value, tuple) else [value]:
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise NPEditError(f"config {key}: must be a finite number, got {v}")
+            if not ok(v):
+                raise NPEditError(f"config {key}: {need}, got {v}")
+    if config.loss.dmd_t_min > config.loss.dmd_t_max:
+        raise NPEditError(f"config loss.dmd_t_min: must not exceed loss.dmd_t_max ({config.loss.dmd_t_max}), "
+                          f"got {config.loss.dmd_t_min}")
+    if config.optim.min_lr > config.optim.lr:
+        raise NPEditError(f"config optim.min_lr: must not exceed optim.lr ({config.optim.lr}), got {config.optim.min_lr}")
 
 
 def _merge(base: dict, update: dict) -> None:

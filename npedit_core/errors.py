@@ -12,3 +12,7 @@ class NPEditError(ValueError):
 
 class CheckpointError(NPEditError):
     """A checkpoint file or folder is missing, unreadable or does not fit the model it is loaded into."""
+
+
+class DataError(NPEditError):
+    """A training image or row cannot be read at batch time (the message names the file and row)."""

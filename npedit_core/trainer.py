@@ -17,21 +17,22 @@ import math
 import random
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import torch
 
 from .backbones.base import TextEmbeds
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import NPEditConfig, OptimConfig, save_config, to_dict
+from .checkpoint import latest_checkpoint, load_checkpoint, resumable, rng_state, save_checkpoint, set_rng_state
+from .config import NPEditConfig, OptimConfig, check_ranges, save_config, to_dict
 from .data import BucketBatchSampler, assign_bucket, collate, demo_manifest, make_buckets, read_manifest
-from .errors import NPEditError
+from .errors import DataError, NPEditError
 from .losses import batch_share, cfg_scales, dmd_generator_loss, do_nothing_loss, fake_score_loss, logit_scale, warmup_loss
 from .models import build_backbone, build_judge
 from .objective import judge_loss
 from .previews import save_preview_grid
 from .roles import make_roles
+from .run_dir import RunLock, check_writable, config_changes, cut_metrics
 from .sampler import edit_images, edit_schedule, unroll
 
 DO_NOTHING = "do nothing."
@@ -99,6 +100,9 @@ class Trainer:
         self.device = self.acc.device
         self.run_dir = Path(cfg.train.run_dir)
         self.is_main = self.acc.is_main_process
+        check_ranges(cfg)  # configs built in code too, before anything is built
+        self.lock = RunLock(self.run_dir)
+        self._claim_run_dir()
         # Models (incl. LoRA's random init) are built under the SAME seed on every rank, so the replicas
         # start identical; the per-rank noise streams are seeded after construction.
         torch.manual_seed(cfg.train.seed)
@@ -137,7 +141,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 7919 * self.acc.process_index)
         random.seed(cfg.train.seed + 7919 * self.acc.process_index)
         self.step = 0
-        self._stop = False
+        self._stop = self.interrupted = False
+        self._batches: deque = deque()  # this step's batches, loaded before any update (`_prefetch`)
+        self.skipped_in_a_row = 0
+        self.saved_step: int | None = None
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
         self._resume()
@@ -151,7 +158,29 @@ class Trainer:
         return read_manifest(d.manifest, d.image_root, require_source_caption=not self.npedit)
 
     def next_batch(self) -> dict:
+        """The next batch: from this step's prefetched ones, else read now."""
+        if self._batches:
+            return self._batches.popleft()
         return collate(self.records, self.sampler.next_batch(), self.buckets)
+
+    def _prefetch(self) -> None:
+        """Read every batch this step uses before any update, on every rank.
+
+        So an unreadable image (a truncated JPEG) stops the run between steps, with the weights, data
+        position and random streams of the last finished step, which `run` then saves: nothing is lost.
+        """
+        per_update = self.cfg.train.grad_accum
+        count = per_update * (1 + (self.cfg.loss.fake_updates if self.npedit else 0))
+        position = self.sampler.state_dict()
+        error = None
+        try:
+            self._batches = deque(collate(self.records, self.sampler.next_batch(), self.buckets) for _ in range(count))
+        except NPEditError as exc:
+            error = exc
+        if not self._all_agree(error is None):
+            self._batches = deque()
+            self.sampler.load_state_dict(position)
+            raise DataError(str(error) if error else "another process could not read its batch (see its message)")
 
     # --- one update ---------------------------------------------------------------------------
     def unroll_k(self) -> int:
@@ -259,11 +288,31 @@ class Trainer:
                 logs[f"{prefix}spike"] = 1
         if reason is None:
             opt.step()
+            if not self._all_agree(_all_finite(params)):
+                raise NPEditError(
+                    f"step {self.step + 1}: the {prefix or 'editor '}update made weights non-finite (optim.lr "
+                    f"{self.cfg.optim.lr:g} too high, or float16 overflow?); stopped without saving it. {self._last_saved()}")
         else:
             logs[f"{prefix}skipped"] = 1
             self.log(f"step {self.step}: {reason} ({prefix or 'editor '}update), update skipped")
         opt.zero_grad(set_to_none=True)
         return logs
+
+    def _last_saved(self) -> str:
+        path = latest_checkpoint(self.run_dir) if self.is_main else None
+        return f"The last checkpoint is {path}." if path else "No checkpoint was saved yet."
+
+    def _claim_run_dir(self) -> None:
+        """Before any model is built: the run directory is writable and no other process trains in it."""
+        message = ""
+        if self.is_main:
+            try:
+                check_writable(self.run_dir)
+                self.lock.acquire()
+            except NPEditError as exc:
+                message = str(exc)
+        if not self._all_agree(not message):
+            raise NPEditError(message or f"train.run_dir {self.run_dir}: refused by the main process (see its message)")
 
     def _all_agree(self, ok: bool) -> bool:
         """True only if `ok` on every rank (one all-reduce)."""
@@ -292,6 +341,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         started = time.perf_counter()
+        self._prefetch()
         logs: dict = {"lr": self._set_learning_rates()}
         if self.npedit:
             n = self.cfg.loss.fake_updates
@@ -313,18 +363,24 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> Path:
+        """Train to train.steps; `self.interrupted` tells whether Ctrl-C stopped it (after saving)."""
         t = self.cfg.train
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
         writer = self._tensorboard() if self.is_main and t.tensorboard else None
         previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        save_due = False
         try:
             from tqdm import tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, disable=not self.is_main, desc=t.stage, dynamic_ncols=True)
             while self.step < t.steps and not self._stop:
-                logs = self.train_step()
+                try:
+                    logs = self.train_step()
+                except DataError as exc:  # nothing of this step was applied: the last finished step is saved
+                    self._save_if_new()
+                    raise NPEditError(f"{exc}. Saved step {self.step}; fix or remove that row, then run the same "
+                                      "command to resume") from None
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.endswith("loss")}, refresh=False)
                 if self.is_main and (self.step % t.log_every == 0 or self.step == t.steps):
@@ -333,19 +389,34 @@ class Trainer:
                     if writer is not None:
                         for key, value in logs.items():
                             writer.add_scalar(key, value, self.step)
-                if self.step % t.save_every == 0 or self.step == t.steps:
+                self.skipped_in_a_row = self.skipped_in_a_row + 1 if logs.get("skipped") else 0
+                if self.skipped_in_a_row >= t.max_skipped_steps:
+                    raise NPEditError(f"step {self.step}: the last {self.skipped_in_a_row} editor updates were all skipped "
+                                      f"(train.max_skipped_steps); stopped without saving. {self._last_saved()}")
+                # A save waits out a run of skipped updates: weights that only produce NaN are never saved.
+                save_due = save_due or self.step % t.save_every == 0 or self.step == t.steps
+                if save_due and self.skipped_in_a_row == 0:
                     self.save()
+                    save_due = False
                 if t.preview_every and self.step % t.preview_every == 0 and (self.is_main or self.fsdp):
                     self.preview()  # with FSDP every rank runs the sampler (its forwards are collectives)
             bar.close()
             if self._stop:
-                self.save()
+                self.interrupted = True
+                self._save_if_new()
                 self.log(f"interrupted: saved step {self.step} to {self.run_dir / 'checkpoints'}; run again to resume")
+            elif save_due:
+                self.log(f"step {self.step}: not saved, the last updates were skipped. {self._last_saved()}")
         finally:
             signal.signal(signal.SIGINT, previous)
             if writer is not None:
                 writer.close()
+            self.lock.release()
         return self.run_dir
+
+    def _save_if_new(self) -> None:
+        if self.saved_step != self.step and self.skipped_in_a_row == 0:
+            self.save()
 
     def _tensorboard(self):
         try:
@@ -386,17 +457,25 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
+        self.saved_step = self.step
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
+        found = resumable(self.run_dir, self.log)
+        if found is None:
             return
-        state = load_checkpoint(path)
+        path, state = found
         if state["stage"] != self.cfg.train.stage:
             raise NPEditError(
                 f"{path} is a '{state['stage']}' checkpoint but train.stage is '{self.cfg.train.stage}'; "
                 "use a new train.run_dir and train.init_from to start a new stage from it"
             )
+        breaking, harmless = config_changes(state.get("config", {}), to_dict(self.cfg))
+        if breaking and not self.cfg.train.allow_config_change:
+            raise NPEditError(f"resume from {path}: {'; '.join(breaking)} (the checkpoint's config -> this one). These "
+                              "change what the run computes, so it would not resume exactly: use the old values, "
+                              "or pass --allow-config-change (train.allow_config_change=true)")
+        for line in breaking + harmless:
+            self.log(f"resume: {line} (changed)")
         self.roles.load_state(state["editor"], state["fake"])
         if self.fsdp:
             from .fsdp import load_optimizer_state
@@ -407,7 +486,11 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
             self.fake_opt.load_state_dict(state["fake_opt"])
         self.sampler.load_state_dict(state["sampler"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
+        if self.is_main:
+            dropped = cut_metrics(self.run_dir / "metrics.jsonl", self.step)
+            if dropped:
+                self.log(f"metrics.jsonl: dropped {dropped} rows after step {self.step} (those steps are redone now)")
         if self.acc.num_processes == 1:
             set_rng_state(state["rng"])
         else:  # other ranks' streams were not saved: re-derive them from (seed, rank, step)
@@ -439,7 +522,14 @@ class Trainer:
         return path
 
 
-def run_training(cfg: NPEditConfig, log=print) -> Path:
-    if cfg.train.steps < 1:
-        raise NPEditError(f"train.steps: must be at least 1, got {cfg.train.steps}")
-    return Trainer(cfg, log=log).run()
+def _all_finite(params) -> bool:
+    """Every parameter finite (one host sync; sharded parameters checked on this rank's shard)."""
+    checks = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in params]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def run_training(cfg: NPEditConfig, log=print) -> Trainer:
+    """Build the trainer and run it; returns it (`.interrupted`: stopped by Ctrl-C after saving)."""
+    trainer = Trainer(cfg, log=log)
+    trainer.run()
+    return trainer

@@ -44,10 +44,12 @@ def cmd_train(args) -> int:
     from npedit_core.trainer import run_training
 
     cfg = _config(args)
+    if args.allow_config_change:
+        cfg.train.allow_config_change = True
     _warn_distilled(cfg)
-    run_dir = run_training(cfg)
-    print(f"run directory: {run_dir}")
-    return 0
+    trainer = run_training(cfg)
+    print(f"run directory: {trainer.run_dir}")
+    return 130 if trainer.interrupted else 0  # 130: stopped by Ctrl-C (after saving), as shells report SIGINT
 
 
 def cmd_export(args) -> int:
@@ -157,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("train", help="train an editor (train.stage=warmup or npedit)",
                                    description="Train an editor. Resumes from RUN_DIR/checkpoints/latest when it exists; "
-                                               "Ctrl-C finishes the current step, saves and exits."))
+                                               "Ctrl-C finishes the current step, saves and exits with code 130."))
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although settings that change the result differ from the checkpoint's (they are listed)")
     p.set_defaults(func=cmd_train)
 
     p = with_config(sub.add_parser("check-config", help="print the resolved config and exit",
