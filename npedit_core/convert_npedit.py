@@ -33,9 +33,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from .errors import CheckpointError, NPEditError
+from .export import write_safetensors
 
 #: Prefix of the transformer inside the re-implementation's `ZImageDenoiser`.
 DENOISER_PREFIX = "transformer."
@@ -143,15 +142,10 @@ def convert_npedit_checkpoint(src: str | Path, out: str | Path, reference=None, 
         if dtype not in dtypes:
             raise NPEditError(f"dtype: {dtype!r} is not one of {', '.join(dtypes)}")
         weights = {k: v.to(dtypes[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"npedit_format": "full", "backbone": "z_image", "role": "editor", "step": "0", "stage": "npedit",
             "source": f"nupurkmr9/npedit {Path(src).name}", "enable_thinking": "false",
             "sampler_step": "ddim"}  # its inference step (sampler.py); `edit` and the nodes pick it up
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
-    tmp.replace(out)
-    return out
+    return write_safetensors(weights, out, meta)
 
 
 def load_published_editor(backbone, src: str | Path):

@@ -15,6 +15,7 @@ For real models, `python -m train_cli train` with `model.path` / `judge.path` se
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,11 +29,18 @@ NPEDIT_STEPS = 40  # as the CI learning test (tests/microworld/test_learning.py)
 WARMUP_STEPS = 10
 
 
-def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print) -> Path:
+def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print, fresh: bool = False) -> Path:
+    """The demo into `out`. A folder with an earlier demo's runs is reused (said so); `fresh` starts over."""
     from .microworld.editor import SETTINGS, WARMUP_SETTINGS, evaluate, eval_items, examples, load_warmup, write_manifest
     from .microworld.world import render_batch
 
     out = Path(out)
+    runs = [out / "warmup", out / "npedit"]
+    if fresh:
+        for folder in runs + [out / "data"]:
+            shutil.rmtree(folder, ignore_errors=True)
+    elif any((folder / "checkpoints").is_dir() for folder in runs):
+        log(f"reusing the runs in {out} (finished stages are not trained again); --fresh starts over")
     log("NP-Edit demo in the micro-world (npedit_core/microworld): shipped teacher, judge and warm-up editor.")
     items = examples(512)
     manifest = write_manifest(out / "data", items)

@@ -11,6 +11,7 @@ The fake score exports the same way (`role="fake"`) for the DMD critic.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .backbones.base import Backbone
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import free_space, latest_checkpoint, load_checkpoint
 from .errors import CheckpointError
 from .lora_formats import to_comfyui_lora
 
@@ -54,11 +55,28 @@ def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor",
         meta = {"npedit_format": "comfyui_lora", "backbone": meta["backbone"], "role": role, "step": meta["step"]}
     elif layout != "npedit":
         raise CheckpointError(f"unknown export layout {layout!r}; expected 'npedit' or 'comfyui'")
+    return write_safetensors(weights, out, meta)
+
+
+def write_safetensors(weights: dict[str, torch.Tensor], out: str | Path, meta: dict[str, str]) -> Path:
+    """Write `weights` to `out` atomically, with the permissions of any other new file (umask), or a one-line error.
+
+    safetensors creates its file with mode 0600; a full or read-only disk raises its own error types.
+    Either way the temporary file is removed and the error names `out` and the space left.
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        tmp.replace(out)
+    except Exception as exc:  # OSError, safetensors' SafetensorError, ...
+        tmp.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot write {out}: {reason} ({free_space(out.parent)} free there)") from None
     return out
 
 

@@ -7,6 +7,7 @@ NPEditError becomes a one-line message on stderr and exit code 2; nothing alread
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -60,22 +61,36 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_edit(args) -> int:
-    from npedit_core.editing import edit_files
+def _split_overrides(values: list[str]) -> tuple[list[str], list[str]]:
+    """(values, overrides): `section.key=value` items that a nargs="+" option swallowed are overrides."""
+    import re
 
+    from npedit_core.config import NPEditConfig
+
+    sections = "|".join(f.name for f in dataclasses.fields(NPEditConfig))
+    pattern = re.compile(rf"^(?:{sections})\.[A-Za-z_][\w.]*=")
+    return [v for v in values if not pattern.match(v)], [v for v in values if pattern.match(v)]
+
+
+def cmd_edit(args) -> int:
+    from npedit_core.editing import edit_files, output_paths
+
+    images, extra = _split_overrides(args.images)
+    instructions, more = _split_overrides(args.instruction)
+    existing = {p for p in output_paths(images, args.out) if p.exists()}
     written = edit_files(
-        images=args.images, instructions=args.instruction, out_dir=args.out, editor=args.editor,
-        config_path=args.config, overrides=args.overrides, seed=args.seed, masks=args.mask,
+        images=images, instructions=instructions, out_dir=args.out, editor=args.editor,
+        config_path=args.config, overrides=[*args.overrides, *extra, *more], seed=args.seed, masks=args.mask,
     )
-    for path in written:
-        print(f"wrote {path}")
+    for source, path in zip(images, written):
+        print(f"wrote {path} (from {source}{'; replaced an older file' if path in existing else ''})")
     return 0
 
 
 def cmd_demo(args) -> int:
     from npedit_core.demo import run_demo
 
-    run_demo(args.out, overrides=args.overrides)
+    run_demo(args.out, overrides=args.overrides, fresh=args.fresh)
     return 0
 
 
@@ -193,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the built-in demo: a short run on a CPU in minutes",
                        description="Train a tiny editor on built-in data (warm-up, then NP-Edit), export it and edit with it.")
     p.add_argument("--out", "-o", default="runs/demo", help="folder for the demo's runs and outputs (default runs/demo)")
+    p.add_argument("--fresh", action="store_true", help="delete the demo's earlier runs in --out and train again")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_demo)
 

@@ -82,7 +82,7 @@ def load_image(record, size: Bucket) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
+            im = to_rgb(im)
             box = _cover_box(im.width, im.height, width, height)
             im = im.resize((width, height), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
             array = np.asarray(im, dtype=np.uint8)
@@ -94,7 +94,20 @@ def load_image(record, size: Bucket) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+#: PIL modes of 16-bit (and 32-bit integer) greyscale files, whose convert("RGB") clips everything above 255 to white.
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """The one rule for every image the project reads (training and `edit`), as 8-bit RGB.
+
+    16-bit greyscale is scaled down from 16 bits (mode "I" from its values: above 255 means 16-bit);
+    transparent images (RGBA, LA, PA, P with transparency) are composited onto white; others convert.
+    """
+    if im.mode in WIDE_GREY:
+        values = np.asarray(im, dtype=np.float64)
+        full = 65535.0 if im.mode != "I" or values.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(values * (255.0 / full)), 0, 255).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -257,6 +257,10 @@ def _blank(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+#: Widest aspect ratio a training image may have: twice the buckets' 2:1, i.e. at most half of it is cropped away.
+MAX_ASPECT = 4.0
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) as displayed, i.e. after the EXIF rotation that `load_image` applies."""
     if not path.is_file():
@@ -270,4 +274,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise _RowError("image", f"cannot read image {path} ({type(exc).__name__}: {exc})") from None
     if width <= 0 or height <= 0:
         raise _RowError("image", f"image {path} has size {width}x{height}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise _RowError("image", f"image {path} is {width}x{height}, more than {MAX_ASPECT:g}:1; the aspect buckets "
+                                 "reach 2:1, so training would see only a thin centre slice of it: crop it or drop the row")
     return width, height
