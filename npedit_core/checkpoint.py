@@ -42,6 +42,14 @@ def free_space(folder: Path) -> str:
     return "unknown"
 
 
+def discard(path: Path) -> None:
+    """Remove a temporary file if it is there (and can be: its folder may not even exist)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def atomic_write(path: Path, write, what: str = "file") -> None:
     """`write(handle)` into a temporary file beside `path`, fsync, rename over `path`.
 
@@ -56,7 +64,7 @@ def atomic_write(path: Path, write, what: str = "file") -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot write {what} {path}: {reason} ({free_space(path.parent)} free there)") from None
 

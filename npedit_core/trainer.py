@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .backbones.base import TextEmbeds
-from .checkpoint import latest_checkpoint, load_checkpoint, resumable, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, resumable, rng_state, save_checkpoint,
+                         set_rng_state, step_files)
 from .config import NPEditConfig, OptimConfig, check_ranges, save_config, to_dict
 from .data import BucketBatchSampler, assign_bucket, collate, demo_manifest, make_buckets, read_manifest
 from .errors import DataError, NPEditError
@@ -294,13 +295,25 @@ class Trainer:
                     f"{self.cfg.optim.lr:g} too high, or float16 overflow?); stopped without saving it. {self._last_saved()}")
         else:
             logs[f"{prefix}skipped"] = 1
-            self.log(f"step {self.step}: {reason} ({prefix or 'editor '}update), update skipped")
+            self.log(f"step {self.step + 1}: {reason} ({prefix or 'editor '}update), update skipped")
         opt.zero_grad(set_to_none=True)
         return logs
 
-    def _last_saved(self) -> str:
-        path = latest_checkpoint(self.run_dir) if self.is_main else None
-        return f"The last checkpoint is {path}." if path else "No checkpoint was saved yet."
+    def _last_saved(self, suspect: bool = False) -> str:
+        """Which checkpoint a resume would use; with `suspect`, whether the update that preceded a run of
+        skipped ones (the likely cause: finite weights that make every loss NaN) was saved, and the one before."""
+        if not self.is_main:
+            return ""
+        steps = step_files(checkpoint_dir(self.run_dir))
+        if not steps:
+            return "No checkpoint was saved yet."
+        last = max(steps)
+        text = f"The last checkpoint is {steps[last]}."
+        if suspect and last == self.step - self.skipped_in_a_row:
+            earlier = [s for s in steps if s < last]
+            text += (f" It was saved by the update right before the skipped ones, which may have caused them"
+                     + (f"; the one before is {steps[max(earlier)]}." if earlier else "."))
+        return text
 
     def _claim_run_dir(self) -> None:
         """Before any model is built: the run directory is writable and no other process trains in it."""
@@ -392,7 +405,7 @@ class Trainer:
                 self.skipped_in_a_row = self.skipped_in_a_row + 1 if logs.get("skipped") else 0
                 if self.skipped_in_a_row >= t.max_skipped_steps:
                     raise NPEditError(f"step {self.step}: the last {self.skipped_in_a_row} editor updates were all skipped "
-                                      f"(train.max_skipped_steps); stopped without saving. {self._last_saved()}")
+                                      f"(train.max_skipped_steps); stopped without saving. {self._last_saved(suspect=True)}")
                 # A save waits out a run of skipped updates: weights that only produce NaN are never saved.
                 save_due = save_due or self.step % t.save_every == 0 or self.step == t.steps
                 if save_due and self.skipped_in_a_row == 0:
