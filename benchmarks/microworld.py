@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from npedit_core.microworld.editor import (  # noqa: E402
     VARIANTS, WARMUP_FILE, evaluate, eval_items, examples, make_trainer, write_manifest,
@@ -117,7 +118,7 @@ def main(argv=None) -> None:
         summary = summarise(runs)
         json_path.write_text(json.dumps({
             "steps": a.steps, "seeds": a.seeds, "eval_examples": len(evals), "n_train": a.n_train,
-            "warmup_file": str(WARMUP_FILE), "torch_threads": threads, "jobs": a.jobs,
+            "warmup_file": str(WARMUP_FILE.relative_to(ROOT)), "torch_threads": threads, "jobs": a.jobs,
             "summary": summary, "runs": [{k: v for k, v in x.items() if k != "outputs"} for x in runs]}, indent=2))
         (out / "microworld.md").write_text(markdown(summary, a.steps, len(evals)))
 

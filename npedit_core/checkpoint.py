@@ -64,9 +64,14 @@ def atomic_write(path: Path, write, what: str = "file") -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        discard(tmp)
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot write {what} {path}: {reason} ({free_space(path.parent)} free there)") from None
+        raise write_failure(f"{what} {path}", tmp, exc) from None
+
+
+def write_failure(what: str, tmp: Path, exc: Exception) -> CheckpointError:
+    """Remove the temporary file `tmp` of a failed write; the one-line error naming `what` and the space left."""
+    discard(tmp)
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(f"cannot write {what}: {reason} ({free_space(tmp.parent)} free there)")
 
 
 def step_files(folder: Path) -> dict[int, Path]:

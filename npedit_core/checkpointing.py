@@ -34,17 +34,30 @@ def _snapshot(layers: list[nn.Module]) -> list[tuple]:
     return [(layer, layer._active_adapter, layer._disable_adapters) for layer in layers]
 
 
+def _restore(state: list[tuple]) -> None:
+    for layer, active, disabled in state:
+        layer._active_adapter, layer._disable_adapters = active, disabled
+
+
 @contextmanager
 def _adapters_as(state: list[tuple]):
     """Run the body with each layer's adapter state as in `state`, then put back the current one."""
     current = _snapshot([layer for layer, _, _ in state])
     try:
-        for layer, active, disabled in state:
-            layer._active_adapter, layer._disable_adapters = active, disabled
+        _restore(state)
         yield
     finally:
-        for layer, active, disabled in current:
-            layer._active_adapter, layer._disable_adapters = active, disabled
+        _restore(current)
+
+
+@contextmanager
+def adapters_restored(module: nn.Module):
+    """Run the body (which may switch adapters), then put every LoRA layer of `module` back as it was."""
+    state = _snapshot(_adapter_layers(module))
+    try:
+        yield
+    finally:
+        _restore(state)
 
 
 def checkpoint_block(block: nn.Module, *args):

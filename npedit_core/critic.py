@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import torch
 
 from .backbones.base import Backbone, TextEmbeds
+from .checkpointing import adapters_restored
 from .config import CriticConfig, LossConfig
 from .errors import NPEditError
 from .export import load_editor, read_export
@@ -73,22 +74,16 @@ class Critic:
         Set explicitly, never inherited: the same base may also carry an editor LoRA (loaded after the
         fake score, it would be the active one). The adapter state found is put back afterwards.
         """
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         transformer = self.backbone.transformer
-        layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
-        before = [(m.active_adapter, m.disable_adapters) for m in layers]
-        if enabled:
-            transformer.enable_adapters()
-            transformer.set_adapter(FAKE_ADAPTER)
-        else:
-            transformer.disable_adapters()
         try:
-            yield
+            with adapters_restored(transformer):
+                if enabled:
+                    transformer.enable_adapters()
+                    transformer.set_adapter(FAKE_ADAPTER)
+                else:
+                    transformer.disable_adapters()
+                yield
         finally:
-            for layer, (active, disabled) in zip(layers, before):
-                layer.set_adapter(active)
-                layer.enable_adapters(not disabled)
             transformer.requires_grad_(False)  # peft re-enables requires_grad on adapter weights when switching
 
     def teacher(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbeds) -> torch.Tensor:

@@ -22,11 +22,7 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
 
     RGB images follow training's rule (`data.buckets.to_rgb`): 16-bit scaled, transparency onto white.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise NPEditError(f"{path} is a directory; give image files (e.g. {path}/*.png)")
-    if not path.is_file():
-        raise NPEditError(f"image not found: {path}")
+    path = _image_file(path, "image")
     try:
         with Image.open(path) as im:
             im = to_rgb(ImageOps.exif_transpose(im))
@@ -38,13 +34,19 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
-def check_image_file(path: str | Path, what: str = "image") -> None:
-    """Decode `path` once (then drop it): a missing file, a folder, a non-image or a truncated one is a one-line error."""
+def _image_file(path: str | Path, what: str) -> Path:
+    """`path` if it is a file; a folder or a missing path is a one-line error naming it."""
     path = Path(path)
     if path.is_dir():
         raise NPEditError(f"{what} {path} is a directory; give image files (e.g. {path}/*.png)")
     if not path.is_file():
         raise NPEditError(f"{what} not found: {path}")
+    return path
+
+
+def check_image_file(path: str | Path, what: str = "image") -> None:
+    """Decode `path` once (then drop it): a missing file, a folder, a non-image or a truncated one is a one-line error."""
+    path = _image_file(path, what)
     try:
         with Image.open(path) as im:
             im.load()

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .backbones.base import Backbone
-from .checkpoint import discard, free_space, latest_checkpoint, load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, write_failure
 from .errors import CheckpointError
 from .lora_formats import to_comfyui_lora
 
@@ -74,9 +74,7 @@ def write_safetensors(weights: dict[str, torch.Tensor], out: str | Path, meta: d
         os.chmod(tmp, 0o666 & ~umask)
         tmp.replace(out)
     except Exception as exc:  # OSError, safetensors' SafetensorError, ...
-        discard(tmp)
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot write {out}: {reason} ({free_space(out.parent)} free there)") from None
+        raise write_failure(str(out), tmp, exc) from None
     return out
 
 

@@ -160,8 +160,9 @@ class Trainer:
 
     def next_batch(self) -> dict:
         """The next batch: from this step's prefetched ones, else read now."""
-        if self._batches:
-            return self._batches.popleft()
+        return self._batches.popleft() if self._batches else self._read_batch()
+
+    def _read_batch(self) -> dict:
         return collate(self.records, self.sampler.next_batch(), self.buckets)
 
     def _prefetch(self) -> None:
@@ -175,7 +176,7 @@ class Trainer:
         position = self.sampler.state_dict()
         error = None
         try:
-            self._batches = deque(collate(self.records, self.sampler.next_batch(), self.buckets) for _ in range(count))
+            self._batches = deque(self._read_batch() for _ in range(count))
         except NPEditError as exc:
             error = exc
         if not self._all_agree(error is None):
