@@ -7,7 +7,10 @@ edits): NP-Edit (judge + DMD), (a) supervised flow matching on the procedural pa
 The oracle (microworld/oracle.py) scores success and preservation per edit type on a fixed balanced
 evaluation set. Writes benchmarks/results/microworld.json, microworld.md and microworld_grid.png.
 
-    python benchmarks/microworld.py --steps 60 --seeds 0 1 2 --jobs 2
+    python benchmarks/microworld.py --steps 100 --seeds 0 1 2 --jobs 2
+
+It first measures the world's own parts (autoencoder round trip, teacher scene accuracy, judge accuracy):
+they bound what any editor can reach here.
 """
 
 from __future__ import annotations
@@ -60,6 +63,26 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
             "metrics": metrics, "outputs": outputs}
 
 
+def parts(evals, n_captions: int = 100) -> dict:
+    """The world's own models, measured where they bound an editor: the autoencoder's round trip of the
+    evaluation scenes (an editor cannot keep more than it keeps), the teacher's text-to-image scene
+    accuracy (oracle.scene_match), and the judge's held-out accuracy (from its train_log.json)."""
+    from npedit_core.backbones.flux2_klein import Flux2KleinBackbone
+    from npedit_core.microworld.editor import JUDGE_DIR, TEACHER_DIR
+    from npedit_core.microworld.teacher import scene_accuracy
+
+    backbone = Flux2KleinBackbone.from_pretrained(str(TEACHER_DIR), dtype=torch.float32)
+    images = render_batch([s for s, _ in evals] + [e.target for _, e in evals])
+    with torch.no_grad():
+        back = backbone.decode_latents(backbone.encode_images(images)).clamp(0, 1)
+    return {
+        "autoencoder": {"psnr": round(float(10 * torch.log10(1 / ((back - images) ** 2).mean())), 2),
+                        "kept_pixels": round(float(((back - images).abs().amax(1) < 0.1).float().mean()), 4)},
+        "teacher": scene_accuracy(backbone, n_captions),
+        "judge": json.loads((JUDGE_DIR / "train_log.json").read_text())["held_out"],
+    }
+
+
 def summarise(runs: list[dict]) -> dict:
     table: dict = {}
     for r in runs:
@@ -75,10 +98,17 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def markdown(summary: dict, steps: int, n_eval: int) -> str:
+def markdown(summary: dict, steps: int, n_eval: int, world: dict | None = None) -> str:
     head = ["row", "success", "preservation"] + [f"{t} succ." for t in EDIT_TYPES]
-    lines = [f"Micro-world, {steps} editor steps from the shipped warm-up, oracle on {n_eval} balanced held-out "
-             "edits; mean ± std over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
+    if world:
+        ae, teacher, judge = world["autoencoder"], world["teacher"], world["judge"]
+        lines += [f"World parts: autoencoder round trip {ae['psnr']} dB, {ae['kept_pixels']:.3f} of pixels within 0.1; "
+                  f"teacher draws the caption's scene in {teacher['scene']:.2f} of {teacher['n']} held-out captions "
+                  f"(background {teacher['background']:.2f}, shapes {teacher['shape']:.2f}); judge held-out accuracy "
+                  f"{judge['accuracy']:.3f}.", ""]
+    lines += [f"Micro-world, {steps} editor steps from the shipped warm-up, oracle on {n_eval} balanced held-out "
+              "edits; mean ± std over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, row in summary.items():
         cells = [f"{variant} (n={len(row['seeds'])})"]
         for key in ("all/success", "all/preservation", *[f"{t}/success" for t in EDIT_TYPES]):
@@ -94,7 +124,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--n-train", type=int, default=1000)
-    ap.add_argument("--eval-per-type", type=int, default=10)
+    ap.add_argument("--eval-per-type", type=int, default=50)
     ap.add_argument("--work", default="runs/microworld-bench")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default; 1 with --jobs)")
@@ -108,6 +138,8 @@ def main(argv=None) -> None:
     manifest = write_manifest(work / "data", items)
     evals = eval_items(a.eval_per_type)
     json_path = out / "microworld.json"
+    world = parts(evals)
+    print(f"world parts: {world}")
     jobs = [(v, seed, 0 if v == "warmup" else a.steps) for v in a.variants for seed in a.seeds]
     threads = a.threads or (1 if a.jobs > 1 else torch.get_num_threads())  # per run
     runs = []
@@ -119,8 +151,8 @@ def main(argv=None) -> None:
         json_path.write_text(json.dumps({
             "steps": a.steps, "seeds": a.seeds, "eval_examples": len(evals), "n_train": a.n_train,
             "warmup_file": str(WARMUP_FILE.relative_to(ROOT)), "torch_threads": threads, "jobs": a.jobs,
-            "summary": summary, "runs": [{k: v for k, v in x.items() if k != "outputs"} for x in runs]}, indent=2))
-        (out / "microworld.md").write_text(markdown(summary, a.steps, len(evals)))
+            "world": world, "summary": summary, "runs": [{k: v for k, v in x.items() if k != "outputs"} for x in runs]}, indent=2))
+        (out / "microworld.md").write_text(markdown(summary, a.steps, len(evals), world))
 
     if a.jobs <= 1:
         for v, seed, steps in jobs:
@@ -144,7 +176,7 @@ def main(argv=None) -> None:
     (out / "microworld_grid.txt").write_text(
         "columns: input | target (oracle's) | " + " | ".join(first) + "\nrows: "
         + "; ".join(evals[i][1].instruction for i in pick) + "\n")
-    print(markdown(summarise(runs), a.steps, len(evals)))
+    print(markdown(summarise(runs), a.steps, len(evals), world))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The built-in demo (`python -m train_cli demo`): the whole NP-Edit method in the micro-world, on a CPU.
 
 The micro-world (npedit_core/microworld/) is a procedurally rendered world of shapes whose pretrained
-parts ship with the repository: a small FLUX.2-klein teacher trained on its scenes (TAEF2 as its
-VAE), a small Qwen2.5-VL judge trained on yes/no questions about them, and a warm-up editor. So the
+parts ship with the repository: a small FLUX.2-klein teacher trained on its scenes (with the world's
+own autoencoder, TAEF2's architecture trained here), a small Qwen2.5-VL judge trained on yes/no questions about them, and a warm-up editor. So the
 edits are real and checkable: an oracle computed from the scene graph scores instruction success and
 preservation of the rest, before and after training.
 

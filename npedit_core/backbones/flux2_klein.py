@@ -476,10 +476,11 @@ class Flux2KleinBackbone(Backbone):
         vae = root / "vae"
         if kwargs.pop("vae", None) == "taef2":  # a small checkpoint trained in TAEF2's latent space
             from ..assets import taef2_dir
-            from .taef2 import TAEF2, TAEF2AsFlux2VAE
+            from .taef2 import TAEF2, TAEF2AsFlux2VAE, folder_files
 
-            # TAEF2's files in the folder's vae/, else the shared copy (the repository ships none).
-            if not (vae / "taef2_decoder.pth").is_file():
+            # TAEF2-architecture files in the folder's vae/ (the micro-world ships its own), else the
+            # pretrained TAEF2 from the shared assets.
+            if folder_files(vae) is None:
                 vae = taef2_dir()
             vae = TAEF2AsFlux2VAE(TAEF2.from_files(vae, dtype=vae_dtype, device=device))
         return cls.from_single_files(

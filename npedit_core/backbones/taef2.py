@@ -68,6 +68,7 @@ PATCHIFIED_CHANNELS = 4 * LATENT_CHANNELS  # 128: what the FLUX.2 transformer se
 DOWNSCALE = 8  # pixels per latent cell (three stride-2 stages)
 ENCODER_FILE = "taef2_encoder.pth"
 DECODER_FILE = "taef2_decoder.pth"
+SAFETENSORS_SUFFIX = ".safetensors"  # the same keys as a safetensors file (the micro-world's own TAEF2)
 
 PathLike = Union[str, os.PathLike]
 
@@ -177,9 +178,15 @@ def _names(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _load_into(module: nn.Module, path: Path) -> None:
+def _width(state: dict[str, torch.Tensor], key: str) -> int:
+    """The channel width of a TAEF2 half from its first conv (64 in the released weights)."""
+    weight = state.get(key)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 4 else 64
+
+
+def _load_into(module: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Strictly load `path` into `module`, naming the file and the offending keys on any mismatch."""
-    state = _read_state_dict(path)
+    state = _read_state_dict(path) if state is None else state
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -202,6 +209,16 @@ def _load_into(module: nn.Module, path: Path) -> None:
     module.load_state_dict(state, strict=True)  # copies (and casts fp16 -> module dtype) in place
 
 
+def folder_files(folder: PathLike) -> tuple[Path, Path] | None:
+    """(encoder, decoder) files in `folder`: the released `.pth` pair, else a `.safetensors` pair; None if neither."""
+    folder = Path(folder)
+    for enc, dec in ((ENCODER_FILE, DECODER_FILE),
+                     (Path(ENCODER_FILE).stem + SAFETENSORS_SUFFIX, Path(DECODER_FILE).stem + SAFETENSORS_SUFFIX)):
+        if (folder / dec).is_file():
+            return folder / enc, folder / dec
+    return None
+
+
 def _resolve_paths(folder_or_paths) -> tuple[Path | None, Path | None]:
     if isinstance(folder_or_paths, (str, os.PathLike)):
         folder = Path(folder_or_paths)
@@ -210,7 +227,7 @@ def _resolve_paths(folder_or_paths) -> tuple[Path | None, Path | None]:
                 f"TAEF2 folder not found: {folder} (expected a folder with {ENCODER_FILE} and {DECODER_FILE}, "
                 "or a pair (encoder_path, decoder_path))"
             )
-        return folder / ENCODER_FILE, folder / DECODER_FILE
+        return folder_files(folder) or (folder / ENCODER_FILE, folder / DECODER_FILE)
     if isinstance(folder_or_paths, (tuple, list)) and len(folder_or_paths) == 2:
         enc, dec = folder_or_paths
         if enc is None and dec is None:
@@ -251,18 +268,22 @@ class TAEF2(nn.Module):
 
         folder_or_paths: a folder holding `taef2_encoder.pth` and `taef2_decoder.pth` (e.g. the
             ComfyUI `models/vae_approx/` folder), or a pair (encoder_path, decoder_path) where either
-            may be None to load one half only. `.safetensors` files with the same keys also load.
+            may be None to load one half only. `.safetensors` files with the same keys also load (in a
+            folder, `taef2_encoder.safetensors` / `taef2_decoder.safetensors` when there is no `.pth` pair).
+            The channel width is read from the weights (64 released; the micro-world's own is narrower).
         dtype, device: where the parameters live (the files are fp16; float32 is the safe default on CPU).
         Raises CheckpointError naming the file if it is missing, unreadable, or does not fit.
         """
         enc_path, dec_path = _resolve_paths(folder_or_paths)
         encoder = decoder = None
         if enc_path is not None:
-            encoder = TAEF2Encoder()
-            _load_into(encoder, enc_path)
+            state = _read_state_dict(enc_path)
+            encoder = TAEF2Encoder(width=_width(state, "0.weight"))
+            _load_into(encoder, enc_path, state)
         if dec_path is not None:
-            decoder = TAEF2Decoder()
-            _load_into(decoder, dec_path)
+            state = _read_state_dict(dec_path)
+            decoder = TAEF2Decoder(width=_width(state, "1.weight"))
+            _load_into(decoder, dec_path, state)
         model = cls(encoder, decoder).to(device=device, dtype=dtype)
         model.requires_grad_(False)
         return model.eval()

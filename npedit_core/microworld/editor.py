@@ -7,9 +7,11 @@ images with instruction, edit type, object and edited caption (`write_manifest`)
 written for NP-Edit. Variants of the method are config overrides (`VARIANTS`); the supervised
 baseline is the one subclass here (`SupervisedTrainer`), because it is the only one that needs pairs.
 
-    python -m npedit_core.microworld.editor warmup --out npedit_core/microworld/weights/warmup.pt
+    python -m npedit_core.microworld.editor warmup --out npedit_core/microworld/weights/warmup_editor.safetensors
 
-rebuilds the shipped warm-up editor (reference copy, full fine-tune) from the shipped teacher.
+rebuilds the shipped warm-up editor (reference copy, full fine-tune) from the shipped teacher. The file is
+an ordinary full-weights export (export.py, fp16), so `edit`, the nodes and ComfyUI load it like any
+trained editor.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import NPEditConfig, load_config
+from ..errors import CheckpointError
+from ..export import read_export, write_safetensors
 from ..losses import sample_train_times
 from ..sampler import edit_images
 from ..trainer import Trainer
@@ -32,7 +36,7 @@ from .oracle import aggregate, score
 from .world import EDIT_TYPES, render, render_batch, sample_example
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-TEACHER_DIR, JUDGE_DIR, WARMUP_FILE = WEIGHTS / "teacher", WEIGHTS / "judge", WEIGHTS / "warmup.pt"
+TEACHER_DIR, JUDGE_DIR, WARMUP_FILE = WEIGHTS / "teacher", WEIGHTS / "judge", WEIGHTS / "warmup_editor.safetensors"
 TRAIN_SEED_BASE, EVAL_SEED_BASE = 0, 10**8  # training and evaluation examples never share a seed
 
 #: The micro-world recipe: the project's defaults except where a 64-px, CPU-minutes world needs
@@ -145,10 +149,11 @@ def make_trainer(variant: str, run_dir, manifest, items, steps: int, seed: int, 
 
 
 def load_warmup(trainer: Trainer, path=WARMUP_FILE) -> None:
-    """Editor weights from a warm-up file (fp16 full transformer); the fake score stays the teacher's copy."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    editor = {k: v.float() for k, v in state["editor"].items()}
-    trainer.roles.load_state(editor, trainer.roles.fake_state_dict())
+    """Editor weights from a warm-up export (fp16 full transformer); the fake score stays the teacher's copy."""
+    weights, meta = read_export(path)
+    if meta["npedit_format"] != "full" or meta.get("backbone") != trainer.backbone.family:
+        raise CheckpointError(f"{path} is not a full {trainer.backbone.family} editor (metadata {meta})")
+    trainer.roles.load_state({k: v.float() for k, v in weights.items()}, trainer.roles.fake_state_dict())
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -191,7 +196,9 @@ def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 400, seed: int = 0,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # fp16 on disk (3.3 MB): the demo must ship with the repository; loaded back as float32
-    torch.save({"editor": {k: v.half() for k, v in trainer.roles.editor_state_dict().items()}}, out)
+    write_safetensors({k: v.half() for k, v in trainer.roles.editor_state_dict().items()}, out,
+                      {"npedit_format": "full", "backbone": trainer.backbone.family, "role": "editor",
+                       "step": str(trainer.step), "stage": "warmup"})
     report = {"steps": steps, "seed": seed, "seconds": round(seconds, 1), "final_warmup_loss_mean50": round(final, 5),
               "oracle": metrics}
     (out.parent / "warmup_log.json").write_text(json.dumps(report, indent=2))

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from .world import Edit, Scene, render, shape_mask
+from .world import BACKGROUNDS, COLORS, KINDS, SIZES, Edit, Scene, Shape, render, shape_mask
 
 REGION_THRESHOLD = 0.1
 SUCCESS_ERROR = 0.15
@@ -81,3 +82,73 @@ def aggregate(scores: list[dict]) -> dict:
         groups["all"].append(s)
     keys = ("success", "preservation", "psnr_outside")
     return {g: {"n": len(v), **{k: sum(x[k] for x in v) / len(v) for k in keys}} for g, v in sorted(groups.items())}
+
+
+# --- scenes (the teacher's text-to-image samples) ---------------------------------------------------
+PALETTE = list(COLORS) + list(BACKGROUNDS)  # object and background colours are disjoint
+BACKGROUND_SHARE = 0.9  # of the pixels away from every shape, this share must show the background colour
+MIN_COVER = 0.3  # of a shape's area, this share must show its colour in its cell
+MIN_IOU = 0.5  # the best-fitting template of the right kind must overlap the colour blob this much
+
+
+def colour_labels(image: torch.Tensor) -> torch.Tensor:
+    """(S, S) index into PALETTE of each pixel's nearest colour."""
+    palette = torch.tensor([COLORS.get(c) or BACKGROUNDS[c] for c in PALETTE])
+    flat = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).reshape(-1, 3)
+    return torch.cdist(flat, palette).argmin(1).view(image.shape[-2:])
+
+
+@lru_cache(maxsize=None)
+def _templates(kind: str, size: str, cell: int, image_size: int, shift: int) -> torch.Tensor:
+    """(n, S, S) masks of one shape at every offset of up to `shift` pixels in half-pixel steps.
+
+    Rendered once at 4x (2 fine pixels = half a pixel), moved, then averaged back down to S.
+    """
+    n, pad = 4 * image_size, 4 * shift
+    fine = F.pad(torch.from_numpy(shape_mask(Shape("red", kind, size, cell), n)), (pad, pad, pad, pad))
+    steps = range(-2 * shift, 2 * shift + 1)
+    moved = torch.stack([fine[pad - 2 * dy:pad - 2 * dy + n, pad - 2 * dx:pad - 2 * dx + n] for dy in steps for dx in steps])
+    return F.avg_pool2d(moved[:, None], 4)[:, 0] > 0.5
+
+
+def scene_match(image: torch.Tensor, scene: Scene, shift: int = 3) -> dict:
+    """Whether `image` (3, S, S) shows `scene`: background colour, and each shape's colour, kind and cell.
+
+    The caption fixes no exact position, so each shape is looked for in its grid cell (widened by `shift`
+    pixels): the pixels of its colour there must cover MIN_COVER of its area, and among templates of every
+    kind and size shifted by up to `shift` pixels (in half pixels), the best fit (IoU) must be of its kind with IoU >= MIN_IOU.
+    Away from every shape (more than `shift` + 2 pixels), BACKGROUND_SHARE of the pixels of every grid
+    cell must show the background colour, so an extra object or a wrong background fails. Returns
+    {"background": bool, "shapes": [bool per shape], "scene": bool (all of them)}.
+    """
+    size = image.shape[-1]
+    labels = colour_labels(image)
+    cell = size / 3
+    placed = torch.zeros(size, size, dtype=torch.bool)
+    shapes = []
+    for s in scene.shapes:
+        row, col = divmod(s.cell, 3)
+        box = torch.zeros(size, size, dtype=torch.bool)
+        box[max(0, int(row * cell) - shift):int((row + 1) * cell) + shift,
+            max(0, int(col * cell) - shift):int((col + 1) * cell) + shift] = True
+        blob = (labels == PALETTE.index(s.color)) & box
+        area = float(shape_mask(s, size).sum())
+        fits = {}
+        for kind in KINDS:  # half-pixel steps: a square's edges are sharp
+            for sz in SIZES:
+                t = _templates(kind, sz, s.cell, size, shift)
+                iou = (t & blob).sum((1, 2)).float() / (t | blob).sum((1, 2)).clamp(min=1).float()
+                fits[kind] = max(fits.get(kind, 0.0), float(iou.max()))
+        best = max(fits, key=fits.get)
+        shapes.append(bool(blob.sum() >= MIN_COVER * area and best == s.kind and fits[best] >= MIN_IOU))
+        largest = _templates(s.kind, "large", s.cell, size, 0)[0]
+        placed |= box & (F.max_pool2d(largest[None, None].float(),
+                                      2 * (shift + 2) + 1, 1, shift + 2)[0, 0] > 0)
+    is_background = labels == PALETTE.index(scene.background)
+    background = True
+    for c in range(9):  # cell by cell, so that one extra object is not lost in the whole image's background
+        row, col = divmod(c, 3)
+        away = ~placed[int(row * cell):int((row + 1) * cell), int(col * cell):int((col + 1) * cell)]
+        share = is_background[int(row * cell):int((row + 1) * cell), int(col * cell):int((col + 1) * cell)][away]
+        background &= share.numel() == 0 or bool(share.float().mean() >= BACKGROUND_SHARE)
+    return {"background": background, "shapes": shapes, "scene": background and all(shapes)}

@@ -2,17 +2,18 @@
 
     python -m npedit_core.microworld.teacher --out npedit_core/microworld/weights/teacher
 
-builds, from a seed and in about ten CPU minutes, a diffusers folder that `Flux2KleinBackbone.from_pretrained`
-(and so `model.path=...` in any config) loads like a real FLUX.2-klein checkpoint:
+builds, from a seed and in about half an hour on 2 CPU cores (autoencoder, then transformer), a diffusers
+folder that `Flux2KleinBackbone.from_pretrained` (and so `model.path=...` in any config) loads like a real
+FLUX.2-klein checkpoint:
 
 - tokenizer/     the world's word-level tokenizer (tokenizer.py)
 - text_encoder/  `Qwen3ForCausalLM`, 3 layers, hidden 32, random and frozen (FLUX.2 reads its hidden
                  states 1, 2, 3; distinct prompts give distinct features, and the DiT learns to read them)
-- (vae)          the real pretrained TAEF2 (FLUX.2's tiny autoencoder, MIT), read from
-                 ../shared/weights/taef2 (assets.taef2_dir(); never copied into the repository),
-                 loaded as `taef2.TAEF2AsFlux2VAE`: 32 latent channels at 1/8, 128 after the 2x2
-                 patchify, as the real FLUX.2 VAE. (A tiny `AutoencoderKLFlux2` trained here reached only
-                 16 dB after 300 CPU steps; TAEF2 round-trips these scenes at 31 dB with no training.)
+- vae/           the world's own autoencoder (autoencoder.py): the TAEF2 architecture at width 16,
+                 trained on the world's scenes, loaded as `taef2.TAEF2AsFlux2VAE`: 32 latent channels at
+                 1/8, 128 after the 2x2 patchify, as the real FLUX.2 VAE, so the folder needs nothing
+                 outside the repository. (A tiny `AutoencoderKLFlux2` trained here reached only 16 dB
+                 after 300 CPU steps; `--vae-from` reuses an autoencoder folder instead of training one.)
 - transformer/   `Flux2Transformer2DModel`, 2 double + 2 single blocks, 4 heads of 32, trained by flow
                  matching on (caption, image) of random scenes; 10 % of captions are replaced by the
                  DMD negative prompt, which thereby becomes the unconditional prompt for CFG
@@ -36,12 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.flux2_klein import BACKBONE_OPTIONS_FILE, Flux2KleinBackbone, _KLEIN_TRANSFORMER_COMMON
+from .autoencoder import build as build_autoencoder
 from .tokenizer import train_tokenizer
 from .world import SIZE, render_batch, sample_example, sample_scene
 
 TEXT_HIDDEN = 32
 TEXT_LAYERS = (1, 2, 3)
 NEGATIVE_PROMPT = "low quality, artifacts"  # config.LossConfig.negative_prompt
+EVAL_SEED_BASE = 10**8  # held-out scenes (the editors' evaluation seeds; the teacher trains on seeds near 0)
 
 
 def build_text_encoder(vocab_size: int, seed: int, pad_id: int = 0, eos_id: int = 2):
@@ -84,7 +87,7 @@ def sample_train_t(n: int, gen) -> torch.Tensor:
     return torch.where(torch.rand(n, generator=gen) < 0.5, t, u)
 
 
-def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: int = 2500, batch: int = 32,
+def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: int = 10000, batch: int = 32,
                   lr: float = 1e-3, log=print) -> dict:
     """Flow matching v = eps - x0 on (caption, latent) of `n_data` random scenes; AdamW, warm-up + cosine."""
     rng = random.Random(seed)
@@ -126,11 +129,43 @@ def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: i
     return {"teacher_final_loss_ema": round(ema, 5)}
 
 
-def build(out: str | Path, steps: int = 700, seed: int = 0, lr: float = 1e-3, resume_from: str | Path | None = None,
-          log=print) -> dict:
+@torch.no_grad()
+def generate(backbone: Flux2KleinBackbone, captions: list[str], steps: int = 16, guidance: float = 3.5,
+             seed: int = 0) -> torch.Tensor:
+    """Text-to-image samples (N, 3, S, S): Euler from noise on the shifted schedule, CFG against the negative prompt."""
+    from ..backbones.base import TextEmbeds
+    from ..sampler import edit_schedule
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(captions), *backbone.latent_shape(SIZE, SIZE)), generator=gen)
+    cond, uncond = backbone.encode_text(captions).embeds, backbone.encode_text([NEGATIVE_PROMPT]).embeds
+    uncond = uncond.expand(len(captions), *uncond.shape[1:])
+    sigmas = edit_schedule(steps, shift=3.0) + [0.0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        t = torch.full((len(captions),), s)
+        v_c, v_u = backbone.velocity(x, t, TextEmbeds(cond)), backbone.velocity(x, t, TextEmbeds(uncond))
+        x = x + (s_next - s) * (v_u + guidance * (v_c - v_u))
+    return backbone.decode_latents(x).clamp(0, 1)
+
+
+def scene_accuracy(backbone: Flux2KleinBackbone, n: int = 100, seed: int = 0, **kwargs) -> dict:
+    """Share of `n` held-out captions whose sample the oracle finds right (oracle.scene_match), overall and per part."""
+    from .oracle import scene_match
+
+    scenes = [sample_example(EVAL_SEED_BASE + i)[0] for i in range(n)]
+    images = torch.cat([generate(backbone, [s.caption() for s in scenes[i:i + 50]], seed=seed + i, **kwargs)
+                        for i in range(0, n, 50)])
+    found = [scene_match(img, s) for img, s in zip(images, scenes)]
+    shapes = [ok for f in found for ok in f["shapes"]]
+    return {"n": n, "scene": sum(f["scene"] for f in found) / n,
+            "background": sum(f["background"] for f in found) / n, "shape": sum(shapes) / max(1, len(shapes))}
+
+
+def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, resume_from: str | Path | None = None,
+          vae_from: str | Path | None = None, n_data: int = 10000, log=print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"seed": seed, "teacher_steps": steps}
+    report: dict = {"seed": seed, "teacher_steps": steps, "n_data": n_data}
     start = time.perf_counter()
     tokenizer = train_tokenizer(out / "tokenizer", seed)
     # Prompts are padded to max_sequence_length and truncated beyond it: measure the longest chat-formatted
@@ -146,9 +181,11 @@ def build(out: str | Path, steps: int = 700, seed: int = 0, lr: float = 1e-3, re
     text_encoder = build_text_encoder(len(tokenizer), seed, tokenizer.pad_token_id, tokenizer.eos_token_id)
     text_encoder.save_pretrained(str(out / "text_encoder"))
 
-    # The VAE is the real pretrained TAEF2 (31 dB round trip on this world's scenes). It is not copied
-    # into the folder (the project never commits copies of the shared assets): npedit_backbone.json
-    # {"vae": "taef2"} makes the loader take it from vae/ if present, else from assets.taef2_dir().
+    # The world's own autoencoder in vae/, found there by npedit_backbone.json's {"vae": "taef2"}.
+    if vae_from is not None:
+        shutil.copytree(Path(vae_from), out / "vae", dirs_exist_ok=True)
+    else:
+        report["autoencoder"] = build_autoencoder(out / "vae", seed=seed, log=log)
 
     if resume_from is None:
         transformer = build_transformer(seed)
@@ -159,9 +196,10 @@ def build(out: str | Path, steps: int = 700, seed: int = 0, lr: float = 1e-3, re
     backbone = Flux2KleinBackbone.from_pretrained(str(out), dtype=torch.float32)
     transformer = backbone.transformer
     t0 = time.perf_counter()
-    report.update(train_teacher(backbone, steps, seed + (resume_from is not None), lr=lr, log=log))
+    report.update(train_teacher(backbone, steps, seed + (resume_from is not None), n_data, lr=lr, log=log))
     report["teacher_seconds"] = round(time.perf_counter() - t0, 1)
     transformer.save_pretrained(str(out / "transformer"))
+    report["scene_accuracy"] = scene_accuracy(backbone)  # 16 Euler steps, CFG 3.5, held-out captions
     report["params"] = {name: sum(p.numel() for p in getattr(backbone, name).parameters())
                         for name in ("transformer", "vae", "text_encoder")}
     report["total_seconds"] = round(time.perf_counter() - start, 1)
@@ -174,17 +212,19 @@ def build(out: str | Path, steps: int = 700, seed: int = 0, lr: float = 1e-3, re
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--n-data", type=int, default=10000, help="distinct training scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--resume-from", default=None, help="a previous --out folder whose transformer training continues")
+    ap.add_argument("--vae-from", default=None, help="an autoencoder folder (autoencoder.py's --out) to copy, not train")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args(argv)
     if a.steps < 1:
         ap.error(f"--steps must be at least 1, got {a.steps}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    build(a.out, a.steps, a.seed, a.lr, a.resume_from)
+    build(a.out, a.steps, a.seed, a.lr, a.resume_from, a.vae_from, a.n_data)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,23 @@ def test_gradients_flow_from_decoded_pixels_back_to_the_latents(taef2, photos):
         assert loss_of(z - 0.5 * z.grad / z.grad.abs().max()) < loss
 
 
+def test_a_narrower_taef2_in_safetensors_loads_from_its_folder(tmp_path):
+    # The micro-world's own autoencoder: TAEF2's keys at width 16, a safetensors pair in a folder.
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    encoder, decoder = TAEF2Encoder(width=16), TAEF2Decoder(width=16)
+    save_file(encoder.state_dict(), str(tmp_path / "taef2_encoder.safetensors"))
+    save_file(decoder.state_dict(), str(tmp_path / "taef2_decoder.safetensors"))
+    model = TAEF2.from_files(tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), encoder(x))
+        z = torch.randn(2, 32, 4, 4)
+        assert torch.equal(model.decode(z, clamp=False), decoder(z))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for m in (encoder, decoder) for p in m.parameters())
+
+
 # --- errors -------------------------------------------------------------------------------------------
 def test_missing_file_names_the_file(taef2_path, tmp_path):
     shutil.copy(Path(taef2_path) / ENCODER_FILE, tmp_path / ENCODER_FILE)

@@ -10,7 +10,8 @@ import torch
 from npedit_core.config import load_config
 from npedit_core.errors import CheckpointError
 from npedit_core.judges.prompts import edit_questions
-from npedit_core.microworld.editor import JUDGE_DIR, SETTINGS, TEACHER_DIR
+from npedit_core.export import load_editor, read_export
+from npedit_core.microworld.editor import EVAL_SEED_BASE, JUDGE_DIR, SETTINGS, TEACHER_DIR, WARMUP_FILE
 from npedit_core.microworld.world import render_batch, sample_example
 from npedit_core.models import build_backbone, build_judge
 
@@ -22,14 +23,17 @@ def cfg():
     return load_config(None, SETTINGS)
 
 
-def test_teacher_is_a_flux2_klein_folder_with_taef2(cfg):
+def test_teacher_is_a_flux2_klein_folder_with_its_own_autoencoder(cfg, tmp_path, monkeypatch):
+    # Nothing outside the repository: the shared assets folder is empty.
+    monkeypatch.setenv("NPEDIT_SHARED", str(tmp_path))
     backbone = build_backbone(cfg.model)
-    images = render_batch([sample_example(i)[0] for i in range(4)])
+    held_out = [sample_example(EVAL_SEED_BASE + i) for i in range(16)]
+    images = render_batch([s for s, _ in held_out] + [e.target for _, e in held_out])
     latents = backbone.encode_images(images)
-    assert latents.shape == (4, 128, 4, 4)
+    assert latents.shape == (32, 128, 4, 4)
     back = backbone.decode_latents(latents)
     psnr = 10 * torch.log10(1 / torch.mean((back - images) ** 2))
-    assert psnr > 25, f"TAEF2 round trip {psnr:.1f} dB"
+    assert psnr >= 30, f"autoencoder round trip {psnr:.1f} dB"
     a, b = backbone.encode_text(["make the red circle blue", "make the red circle green"]).embeds
     assert a.shape[0] == json.loads((TEACHER_DIR / "npedit_backbone.json").read_text())["max_sequence_length"]
     assert not torch.allclose(a, b)  # the colour word is inside max_sequence_length
@@ -56,3 +60,15 @@ def test_backbone_options_file_is_checked(tmp_path):
     (tmp_path / BACKBONE_OPTIONS_FILE).write_text(json.dumps({"max_sequence_length": 8, "colour": 1}))
     with pytest.raises(CheckpointError, match="colour"):
         _backbone_options(tmp_path)
+
+
+@pytest.mark.skipif(not WARMUP_FILE.is_file(), reason="micro-world warm-up editor not shipped")
+def test_warmup_editor_is_an_export_that_edit_and_the_nodes_load(cfg):
+    # safetensors with NP-Edit export metadata (ComfyUI cannot load a pickle): `edit` and the nodes read it.
+    _, meta = read_export(WARMUP_FILE, tensors=False)
+    assert meta["npedit_format"] == "full" and meta["role"] == "editor" and meta["stage"] == "warmup"
+    backbone = build_backbone(cfg.model)
+    before = {k: v.clone() for k, v in backbone.transformer.state_dict().items()}
+    load_editor(backbone, WARMUP_FILE)
+    changed = [k for k, v in backbone.transformer.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > len(before) // 2, "the warm-up left the teacher's weights as they were"
