@@ -10,7 +10,10 @@ needs nothing outside the repository; the pretrained TAEF2 stays the decoder for
 Latents have FLUX.2's layout (32 channels at 1/8, 128 after the 2x2 patchify) and are pulled towards
 zero mean and unit spread per channel, like the BN-normalised latents the real transformer sees; the
 decoder learns from slightly noised latents, so the imperfect latents of a few-step sampler still
-decode to clean flat colours.
+decode to clean flat colours. Errors on shapes weigh SHAPE_WEIGHT times those on the background (the
+background is most of a scene; unweighted, the round trip keeps colours but loses the kinds of shapes).
+`train_log.json` records the held-out round trip: PSNR, the share of pixels within 0.1, and the share of
+scenes (and of shapes) the scene oracle still recognises (the pretrained TAEF2: 31.5 dB, 0.973, 0.99, 0.995).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ WIDTH = 16
 EVAL_SEED_BASE = 10**8  # the editors' evaluation seeds: never trained on
 LATENT_NOISE = 0.05  # std of the noise added to latents before decoding, in training
 STATS_WEIGHT = 0.01  # weight of the per-channel mean^2 + (std - 1)^2 pull
-SHAPE_WEIGHT = 10.0  # squared errors on and around shapes count this many times those on the background
+SHAPE_WEIGHT = 5.0  # squared errors on and around shapes count this many times those on the background
 
 
 def shape_weights(x: torch.Tensor, weight: float = SHAPE_WEIGHT) -> torch.Tensor:
@@ -118,7 +121,7 @@ def _fit(encoder, decoder, data: torch.Tensor, steps: int, batch: int, lr: float
             log(f"  autoencoder ({stage}) step {step}: mse {recon.item():.5f} (ema {ema:.5f}, {-10 * math.log10(ema):.1f} dB)")
 
 
-def build(out: str | Path, steps: int = 1800, decoder_steps: int = 3000, seed: int = 0, width: int = WIDTH,
+def build(out: str | Path, steps: int = 4000, decoder_steps: int = 0, seed: int = 0, width: int = WIDTH,
           batch: int = 16, lr: float = 2e-3, n_data: int = 4000, init_from: str | Path | None = None,
           decoder_width: int | None = None, shape_weight: float = SHAPE_WEIGHT, log=print) -> dict:
     """Train `steps` steps of both halves, then `decoder_steps` of the decoder alone; write `out`.
@@ -168,8 +171,8 @@ def build(out: str | Path, steps: int = 1800, decoder_steps: int = 3000, seed: i
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1800, help="steps of both halves")
-    ap.add_argument("--decoder-steps", type=int, default=3000, help="then steps of the decoder alone (latents fixed)")
+    ap.add_argument("--steps", type=int, default=4000, help="steps of both halves")
+    ap.add_argument("--decoder-steps", type=int, default=0, help="then steps of the decoder alone (latents fixed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=WIDTH)
     ap.add_argument("--decoder-width", type=int, default=None, help="the decoder's width (default: --width)")
