@@ -179,7 +179,7 @@ def eval_items(per_type: int = 10):
 
 
 # --- the warm-up editor ---------------------------------------------------------------------------
-def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 1000, seed: int = 0, n_data: int = 2000,
+def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 3000, seed: int = 0, n_data: int = 2000,
                  work: str | Path = "runs/microworld-warmup", log=print) -> dict:
     """Reference-copy warm-up of the (fully fine-tuned) editor from the teacher; saves {"editor"} to `out`."""
     work = Path(work)
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("warmup", help="rebuild the warm-up editor from the teacher")
     w.add_argument("--out", default=str(WARMUP_FILE))
-    w.add_argument("--steps", type=int, default=1000)
+    w.add_argument("--steps", type=int, default=3000)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--work", default="runs/microworld-warmup")
     w.add_argument("--threads", type=int, default=0)
