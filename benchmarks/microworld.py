@@ -51,7 +51,8 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
     label = variant
     variant = "npedit" if variant == "warmup" else variant
     started = time.perf_counter()
-    trainer = make_trainer(variant, work / f"{variant}-s{seed}", manifest, items, steps, seed, log=lambda *a: None)
+    # the warm-up row builds the trainer like the others (configs need train.steps >= 1) and does not train
+    trainer = make_trainer(variant, work / f"{label}-s{seed}", manifest, items, max(steps, 1), seed, log=lambda *a: None)
     if steps:
         with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
             trainer.run()
@@ -162,8 +163,15 @@ def main(argv=None) -> None:
         with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
             futures = [pool.submit(run, v, seed, steps, work, manifest, items, evals, print, threads, True)
                        for v, seed, steps in jobs]
-            for future in as_completed(futures):
-                record(future.result())
+            failed = []
+            for future in as_completed(futures):  # one failed run does not lose the others
+                try:
+                    record(future.result())
+                except Exception as e:  # noqa: BLE001 - reported below, after the table is written
+                    failed.append(e)
+                    print(f"a run failed: {type(e).__name__}: {e}")
+            if failed:
+                raise failed[0]
     # grid: two examples per edit type; columns input, target, then each row's seed-0 output
     pick = [i for t in range(len(EDIT_TYPES)) for i in (t, t + len(EDIT_TYPES)) if i < len(evals)]
     first = {}

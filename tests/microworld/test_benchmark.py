@@ -1,0 +1,37 @@
+"""benchmarks/microworld.py's rows run: the warm-up row (0 training steps) builds its trainer like the others,
+in a run folder of its own."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from npedit_core.checkpoint import latest_checkpoint
+from npedit_core.microworld.editor import JUDGE_DIR, TEACHER_DIR, WARMUP_FILE, eval_items, examples, write_manifest
+
+pytestmark = pytest.mark.skipif(not (TEACHER_DIR.is_dir() and JUDGE_DIR.is_dir() and WARMUP_FILE.is_file()),
+                                reason="micro-world weights not shipped")
+
+
+def _benchmark():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "microworld.py"
+    spec = importlib.util.spec_from_file_location("microworld_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_warmup_row_evaluates_the_untrained_editor(tmp_path):
+    bench = _benchmark()
+    items = examples(8)
+    evals = eval_items(1)
+    manifest = write_manifest(tmp_path / "data", items)
+    row = bench.run("warmup", 0, 0, tmp_path, manifest, items, evals, log=lambda *a: None, quiet=True)
+    assert row["variant"] == "warmup" and row["steps"] == 0
+    assert row["metrics"]["all"]["n"] == len(evals) == 5
+    assert len(row["outputs"]) == len(evals)
+    assert latest_checkpoint(tmp_path / "warmup-s0") is None, "the warm-up row trained"
+    # its own run folder: parallel jobs run the NP-Edit row of the same seed beside it (a shared folder is locked)
+    assert not (tmp_path / "npedit-s0").exists()
