@@ -2,9 +2,9 @@
 
 The micro-world (npedit_core/microworld/) is a procedurally rendered world of shapes whose pretrained
 parts ship with the repository: a small FLUX.2-klein teacher trained on its scenes (with the world's
-own autoencoder, TAEF2's architecture trained here), a small Qwen2.5-VL judge trained on yes/no questions about them, and a warm-up editor. So the
-edits are real and checkable: an oracle computed from the scene graph scores instruction success and
-preservation of the rest, before and after training.
+own autoencoder, TAEF2's architecture trained here), a small Qwen2.5-VL judge trained on yes/no
+questions about them, and a warm-up editor. So the edits are real and checkable: an oracle computed
+from the scene graph scores instruction success and preservation of the rest, before and after training.
 
 Stage 1 warm-up (a short continuation of the shipped reference-copy warm-up), stage 2 NP-Edit
 (unroll -> decode -> judge + DMD; no edited images anywhere), export, then edit held-out scenes with

@@ -181,7 +181,7 @@ def eval_items(per_type: int = 10):
 # --- the warm-up editor ---------------------------------------------------------------------------
 def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 3000, seed: int = 0, n_data: int = 2000,
                  work: str | Path = "runs/microworld-warmup", log=print) -> dict:
-    """Reference-copy warm-up of the (fully fine-tuned) editor from the teacher; saves {"editor"} to `out`."""
+    """Reference-copy warm-up of the (fully fine-tuned) editor from the teacher; a full export to `out`."""
     work = Path(work)
     start = time.perf_counter()
     items = examples(n_data)

@@ -116,7 +116,8 @@ def scene_match(image: torch.Tensor, scene: Scene, shift: int = 3) -> dict:
 
     The caption fixes no exact position, so each shape is looked for in its grid cell (widened by `shift`
     pixels): the pixels of its colour there must cover MIN_COVER of its area, and among templates of every
-    kind and size shifted by up to `shift` pixels (in half pixels), the best fit (IoU) must be of its kind with IoU >= MIN_IOU.
+    kind and size shifted by up to `shift` pixels (in half pixels), the best fit (IoU) must be of its kind,
+    with IoU >= MIN_IOU.
     Away from every shape (more than `shift` + 2 pixels), BACKGROUND_SHARE of the pixels of every grid
     cell must show the background colour, so an extra object or a wrong background fails. Returns
     {"background": bool, "shapes": [bool per shape], "scene": bool (all of them)}.
