@@ -224,8 +224,8 @@ def _resolve_paths(folder_or_paths) -> tuple[Path | None, Path | None]:
         folder = Path(folder_or_paths)
         if not folder.is_dir():
             raise CheckpointError(
-                f"TAEF2 folder not found: {folder} (expected a folder with {ENCODER_FILE} and {DECODER_FILE}, "
-                "or a pair (encoder_path, decoder_path))"
+                f"TAEF2 folder not found: {folder} (expected a folder with {ENCODER_FILE} and {DECODER_FILE} "
+                f"or their {SAFETENSORS_SUFFIX} pair, or a pair (encoder_path, decoder_path))"
             )
         return folder_files(folder) or (folder / ENCODER_FILE, folder / DECODER_FILE)
     if isinstance(folder_or_paths, (tuple, list)) and len(folder_or_paths) == 2:
