@@ -198,10 +198,8 @@ def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, r
     t0 = time.perf_counter()
     report.update(train_teacher(backbone, steps, seed + (resume_from is not None), n_data, lr=lr, log=log))
     report["teacher_seconds"] = round(time.perf_counter() - t0, 1)
+    transformer.register_to_config(_name_or_path="transformer")  # from_pretrained recorded this machine's path
     transformer.save_pretrained(str(out / "transformer"))
-    config = out / "transformer" / "config.json"  # loaded from `out`, it would record this machine's path
-    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"},
-                                 indent=2, sort_keys=True) + "\n")
     report["scene_accuracy"] = scene_accuracy(backbone)  # 16 Euler steps, CFG 3.5, held-out captions
     report["params"] = {name: sum(p.numel() for p in getattr(backbone, name).parameters())
                         for name in ("transformer", "vae", "text_encoder")}
