@@ -19,6 +19,12 @@ from ..npedit_core.errors import NPEditError
 OURS, LLM = "npedit", "LLM"
 NONE = "none"
 MAX_DEPTH = 3  # how deep to look for model folders below each root
+#: Files that make a folder one model: a transformers config, a diffusers pipeline index, or our own
+#: backbone options (a FLUX.2-klein folder without model_index.json, such as the micro-world teacher).
+BACKBONE_MARKERS = {"model_index.json", "npedit_backbone.json"}
+MODEL_MARKERS = {"config.json"} | BACKBONE_MARKERS
+#: ComfyUI finds a family's preview decoder in vae_approx by this prefix (latent_formats.Flux2.taesd_decoder_name).
+TAEF2_DECODER_PREFIX = "taef2_decoder"
 
 
 def register() -> None:
@@ -38,13 +44,13 @@ def _roots(*names: str) -> list[str]:
 def _walk(root: str):
     """(relative dir, files) below root, at most MAX_DEPTH levels, sorted, skipping hidden folders.
 
-    A model folder (config.json or model_index.json) is listed but not entered: its parts are not
-    models of their own.
+    A model folder (`MODEL_MARKERS`) is listed but not entered: its parts (a diffusers folder's
+    transformer/, text_encoder/) are not models of their own and would fail when picked.
     """
     for path, dirs, files in os.walk(root, followlinks=True):
         rel = os.path.relpath(path, root)
         depth = 0 if rel == "." else rel.count(os.sep) + 1
-        inside = depth < MAX_DEPTH and not {"config.json", "model_index.json"} & set(files)
+        inside = depth < MAX_DEPTH and not MODEL_MARKERS & set(files)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if inside else []
         yield ("" if rel == "." else rel.replace(os.sep, "/")), files
 
@@ -59,8 +65,8 @@ def _folders(names: tuple[str, ...], marker) -> list[str]:
 
 
 def diffusers_folders() -> list[str]:
-    """Diffusers model folders (with model_index.json) under models/npedit and models/diffusers."""
-    return _folders((OURS, "diffusers"), lambda files: "model_index.json" in files)
+    """Diffusers model folders (model_index.json or npedit_backbone.json) under models/npedit and models/diffusers."""
+    return _folders((OURS, "diffusers"), lambda files: bool(BACKBONE_MARKERS & files))
 
 
 def tokenizer_folders() -> list[str]:
@@ -82,12 +88,18 @@ def files(name: str) -> list[str]:
         return []
 
 
+def preview_decoders() -> list[str]:
+    """TAEF2 decoders in models/vae_approx, named as ComfyUI's own previews look for them (taef2_decoder*):
+    the folder also holds other families' decoders and encoders, which cannot decode FLUX.2 latents."""
+    return [f for f in files("vae_approx") if os.path.basename(f).startswith(TAEF2_DECODER_PREFIX)]
+
+
 def export_files() -> list[str]:
     """NP-Edit weight files: ComfyUI's loras plus .safetensors in models/npedit outside model folders."""
     found = list(files("loras"))
     for root in _roots(OURS):
         for rel, names in _walk(root):
-            if {"config.json", "model_index.json"} & set(names):
+            if MODEL_MARKERS & set(names):
                 continue
             for name in names:
                 path = f"{rel}/{name}" if rel else name

@@ -85,7 +85,7 @@ class NPEditLoadEditor(io.ComfyNode):
                 io.Combo.Input("weights", options=[NONE] + folders.export_files(), default=NONE,
                                tooltip="NP-Edit editor weights (.safetensors from `train_cli export`) in models/loras "
                                        "or models/npedit. none: the base model alone (it has not learned to edit)."),
-                io.Combo.Input("preview_decoder", options=[NONE] + folders.files("vae_approx"), default=NONE,
+                io.Combo.Input("preview_decoder", options=[NONE] + folders.preview_decoders(), default=NONE,
                                tooltip="FLUX.2 only: TAEF2 decoder (taef2_decoder.pth in models/vae_approx) for fast "
                                        "step previews. none: previews use the full VAE."),
             ],

@@ -1,4 +1,4 @@
-"""`python -m train_cli`: train, edit, export, check-config, demo, prepare-data, eval and convert, over npedit_core.
+"""`python -m train_cli`: train, edit, export, check-config, demo, prepare-data, eval, convert and comfyui-install.
 
 Thin by design: parse arguments, call one core function, print one line per result. Every
 NPEditError becomes a one-line message on stderr and exit code 2; nothing already trained is lost.
@@ -163,6 +163,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_comfyui_install(args) -> int:
+    from train_cli.comfyui_install import install
+
+    install(args.comfyui, force=args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train_cli", description="Train and run NP-Edit image editors.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -274,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="Z-Image diffusers (or transformer/) folder to check against (default: built-in config)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the weights (default: keep the file's)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("comfyui-install", help="copy the shipped micro-world models and example into a ComfyUI",
+                       description="Copy the micro-world teacher, judge and editors to COMFYUI/models/npedit/microworld/, "
+                                   "its example scene to input/ and its example workflow to user/default/workflows/, "
+                                   "so that the pack's menus list them and the micro-world workflow runs.")
+    p.add_argument("comfyui", help="the ComfyUI folder (or the folder given to ComfyUI's --base-directory)")
+    p.add_argument("--force", action="store_true", help="replace files that differ from the pack's")
+    p.set_defaults(func=cmd_comfyui_install)
     return parser
 
 

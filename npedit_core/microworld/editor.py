@@ -37,6 +37,7 @@ from .world import EDIT_TYPES, render, render_batch, sample_example
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 TEACHER_DIR, JUDGE_DIR, WARMUP_FILE = WEIGHTS / "teacher", WEIGHTS / "judge", WEIGHTS / "warmup_editor.safetensors"
+NPEDIT_FILE = WEIGHTS / "npedit_editor.safetensors"  # the shipped NP-Edit-trained micro editor (build_npedit)
 TRAIN_SEED_BASE, EVAL_SEED_BASE = 0, 10**8  # training and evaluation examples never share a seed
 
 #: The micro-world recipe: the project's defaults except where a 64-px, CPU-minutes world needs
@@ -174,6 +175,15 @@ def evaluate(editor_backbone, items, sampler_cfg, seed: int = 0, batch: int = 50
     return aggregate([score(o, s, e) for o, (s, e) in zip(outs, items)]), outs
 
 
+#: The example workflow's scene and instruction (workflows/microworld_edit.json): held-out, never trained on.
+EXAMPLE_SEED, EXAMPLE_TYPE = EVAL_SEED_BASE + 18, "color"
+
+
+def example():
+    """(scene, edit) of the example workflow; `train_cli comfyui-install` renders the scene into ComfyUI's input/."""
+    return sample_example(EXAMPLE_SEED, EXAMPLE_TYPE)
+
+
 def eval_items(per_type: int = 10):
     return examples(per_type * len(EDIT_TYPES), EVAL_SEED_BASE, balanced=True)
 
@@ -206,6 +216,30 @@ def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 3000, seed: int = 0
     return report
 
 
+def build_npedit(out: str | Path = NPEDIT_FILE, steps: int = 200, seed: int = 0, n_data: int = 512,
+                 work: str | Path = "runs/microworld-npedit", log=print) -> dict:
+    """NP-Edit (judge + DMD, no pairs) from the shipped warm-up editor with `SETTINGS`; a full fp16 export to `out`.
+
+    The shipped micro editor, so that the ComfyUI example shows a trained editor without training first.
+    """
+    work = Path(work)
+    start = time.perf_counter()
+    items = examples(n_data)
+    trainer = make_trainer("npedit", work / "run", write_manifest(work / "data", items), items, steps, seed, log=log)
+    trainer.run()
+    seconds = time.perf_counter() - start
+    metrics, _ = evaluate(trainer.roles.editor_backbone(), eval_items(), trainer.cfg.sampler)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors({k: v.half() for k, v in trainer.roles.editor_state_dict().items()}, out,
+                      {"npedit_format": "full", "backbone": trainer.backbone.family, "role": "editor",
+                       "step": str(trainer.step), "stage": "npedit"})
+    report = {"steps": steps, "seed": seed, "n_data": n_data, "seconds": round(seconds, 1), "oracle": metrics}
+    (out.parent / "npedit_editor_log.json").write_text(json.dumps(report, indent=2))
+    log(f"NP-Edit editor: {report}")
+    return report
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="micro-world editors")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -215,10 +249,19 @@ def main(argv=None) -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--work", default="runs/microworld-warmup")
     w.add_argument("--threads", type=int, default=0)
+    n = sub.add_parser("npedit", help="rebuild the shipped NP-Edit editor (no pairs) from the warm-up editor")
+    n.add_argument("--out", default=str(NPEDIT_FILE))
+    n.add_argument("--steps", type=int, default=200)
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--work", default="runs/microworld-npedit")
+    n.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    build_warmup(a.out, a.steps, a.seed, work=a.work)
+    if a.cmd == "warmup":
+        build_warmup(a.out, a.steps, a.seed, work=a.work)
+    else:
+        build_npedit(a.out, a.steps, a.seed, work=a.work)
 
 
 if __name__ == "__main__":

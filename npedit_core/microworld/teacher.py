@@ -88,13 +88,13 @@ def sample_train_t(n: int, gen) -> torch.Tensor:
 
 
 def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: int = 10000, batch: int = 32,
-                  lr: float = 1e-3, log=print) -> dict:
+                  lr: float = 1e-3, size: int = SIZE, log=print) -> dict:
     """Flow matching v = eps - x0 on (caption, latent) of `n_data` random scenes; AdamW, warm-up + cosine."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     scenes = [sample_example(seed * 1_000_003 + i)[0] for i in range(n_data)]
     with torch.no_grad():
-        latents = torch.cat([backbone.encode_images(render_batch(scenes[i:i + 256])) for i in range(0, n_data, 256)])
+        latents = torch.cat([backbone.encode_images(render_batch(scenes[i:i + 256], size)) for i in range(0, n_data, 256)])
         captions = [s.caption() for s in scenes] + [NEGATIVE_PROMPT]
         text = torch.cat([backbone.encode_text(captions[i:i + 256]).embeds for i in range(0, len(captions), 256)])
     log(f"  teacher data: {n_data} scenes, latents std {latents.std():.3f}")
@@ -131,13 +131,13 @@ def train_teacher(backbone: Flux2KleinBackbone, steps: int, seed: int, n_data: i
 
 @torch.no_grad()
 def generate(backbone: Flux2KleinBackbone, captions: list[str], steps: int = 16, guidance: float = 3.5,
-             seed: int = 0) -> torch.Tensor:
+             seed: int = 0, size: int = SIZE) -> torch.Tensor:
     """Text-to-image samples (N, 3, S, S): Euler from noise on the shifted schedule, CFG against the negative prompt."""
     from ..backbones.base import TextEmbeds
     from ..sampler import edit_schedule
 
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(captions), *backbone.latent_shape(SIZE, SIZE)), generator=gen)
+    x = torch.randn((len(captions), *backbone.latent_shape(size, size)), generator=gen)
     cond, uncond = backbone.encode_text(captions).embeds, backbone.encode_text([NEGATIVE_PROMPT]).embeds
     uncond = uncond.expand(len(captions), *uncond.shape[1:])
     sigmas = edit_schedule(steps, shift=3.0) + [0.0]
@@ -162,10 +162,10 @@ def scene_accuracy(backbone: Flux2KleinBackbone, n: int = 100, seed: int = 0, **
 
 
 def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, resume_from: str | Path | None = None,
-          vae_from: str | Path | None = None, n_data: int = 10000, log=print) -> dict:
+          vae_from: str | Path | None = None, n_data: int = 10000, size: int = SIZE, log=print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"seed": seed, "teacher_steps": steps, "n_data": n_data}
+    report: dict = {"seed": seed, "teacher_steps": steps, "n_data": n_data, "image_size": size}
     start = time.perf_counter()
     tokenizer = train_tokenizer(out / "tokenizer", seed)
     # Prompts are padded to max_sequence_length and truncated beyond it: measure the longest chat-formatted
@@ -196,11 +196,11 @@ def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, r
     backbone = Flux2KleinBackbone.from_pretrained(str(out), dtype=torch.float32)
     transformer = backbone.transformer
     t0 = time.perf_counter()
-    report.update(train_teacher(backbone, steps, seed + (resume_from is not None), n_data, lr=lr, log=log))
+    report.update(train_teacher(backbone, steps, seed + (resume_from is not None), n_data, lr=lr, size=size, log=log))
     report["teacher_seconds"] = round(time.perf_counter() - t0, 1)
     transformer.register_to_config(_name_or_path="transformer")  # from_pretrained recorded this machine's path
     transformer.save_pretrained(str(out / "transformer"))
-    report["scene_accuracy"] = scene_accuracy(backbone)  # 16 Euler steps, CFG 3.5, held-out captions
+    report["scene_accuracy"] = scene_accuracy(backbone, size=size)  # 16 Euler steps, CFG 3.5, held-out captions
     report["params"] = {name: sum(p.numel() for p in getattr(backbone, name).parameters())
                         for name in ("transformer", "vae", "text_encoder")}
     report["total_seconds"] = round(time.perf_counter() - start, 1)
@@ -219,13 +219,14 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--resume-from", default=None, help="a previous --out folder whose transformer training continues")
     ap.add_argument("--vae-from", default=None, help="an autoencoder folder (autoencoder.py's --out) to copy, not train")
+    ap.add_argument("--size", type=int, default=SIZE, help="image side in pixels (a multiple of 16)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args(argv)
     if a.steps < 1:
         ap.error(f"--steps must be at least 1, got {a.steps}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    build(a.out, a.steps, a.seed, a.lr, a.resume_from, a.vae_from, a.n_data)
+    build(a.out, a.steps, a.seed, a.lr, a.resume_from, a.vae_from, a.n_data, a.size)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,37 @@ def test_example_workflow_runs_and_keeps_the_input_size(server, tiny_models, nam
         assert len(entry["outputs"][EXPECTED_TEXT[name]]["text"][0].splitlines()) == 1 + 4  # all four scored
 
 
+def test_microworld_workflow_runs_as_shipped_after_comfyui_install(server):
+    """`train_cli comfyui-install` into the server's folders, then the example exactly as shipped: the menus list
+    the shipped models, the edit is the right one by the world's oracle, and the judge's report says so."""
+    import numpy as np
+    import torch
+
+    from npedit_core.microworld.editor import example
+    from npedit_core.microworld.oracle import score
+    from train_cli.comfyui_install import install
+
+    base = server.work / "base"
+    (base / "models").mkdir(exist_ok=True)
+    install(base, log=lambda *_: None)
+    graph = load(WORKFLOWS / "api" / "microworld_edit.json")
+    menus = server.object_info()["NPEditLoadEditor"]["input"]["required"]  # V3 combos: ["COMBO", {"options": [...]}]
+    assert graph["2"]["inputs"]["model"] in menus["model"][1]["options"]
+    assert graph["2"]["inputs"]["weights"] in menus["weights"][1]["options"]
+    start = time.time()
+    entry = server.run(graph)
+    seconds = time.time() - start
+    assert entry["status"]["status_str"] == "success", dump(entry) + server.log()[-3000:]
+    (image,) = saved_images(server, entry)
+    scene, edit = example()
+    assert graph["6"]["inputs"]["value"] == edit.instruction and graph["7"]["inputs"]["edit_type"] == edit.edit_type
+    out = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    verdict = score(out, scene, edit)
+    assert verdict["success"], verdict
+    report = entry["outputs"]["7"]["text"][0]
+    print(f"micro-world workflow: {seconds:.1f} s; oracle {verdict}; judge: {report}")
+
+
 def test_a_repeated_prompt_is_served_from_cache(server, tiny_models):
     graph = localize(load(WORKFLOWS / "api" / "edit_score.json"), tiny_models[1])
     first = server.run(graph)

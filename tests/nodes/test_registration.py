@@ -1,6 +1,7 @@
 """Registration and schemas: V3 only, public ids and categories, tooltips everywhere, defaults from config."""
 
 import ast
+import shutil
 from pathlib import Path
 
 from npedit_core.config import CriticConfig, LossConfig, ModelConfig, RefineConfig, SamplerConfig
@@ -94,3 +95,30 @@ def test_core_imports_itself_relatively():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             stripped = line.strip()
             assert not stripped.startswith(("from npedit_core", "import npedit_core")), f"{path.relative_to(ROOT)}:{number}"
+
+
+def test_menus_list_the_shipped_teacher_whole_and_only_preview_decoders(pack, models_dir):
+    """A FLUX.2-klein folder without model_index.json (the micro-world teacher) is one model in the model menu;
+    its parts never reach the judge menu; vae_approx's encoders and other families' decoders are not offered."""
+    from npedit_core.microworld.editor import TEACHER_DIR
+
+    models, _ = models_dir
+    teacher = models / "npedit" / "microworld" / "teacher"
+    approx = models / "vae_approx"
+    extra = [approx / "taef2_encoder.pth", approx / "taesd_decoder.pth", approx / "taef2_decoder.safetensors"]
+    shutil.copytree(TEACHER_DIR, teacher)
+    approx.mkdir(exist_ok=True)
+    for path in extra:
+        path.write_bytes(b"")
+    try:
+        required = {name: node["input"]["required"] for name, node in infos(pack).items()}
+        assert "microworld/teacher/" in required["NPEditLoadEditor"]["model"][0]
+        assert "microworld/teacher/" in required["NPEditLoadCritic"]["model"][0]
+        assert not [m for m in required["NPEditLoadJudge"]["model"][0] if m.startswith("microworld/")]
+        previews = required["NPEditLoadEditor"]["preview_decoder"][0]
+        assert "taef2_decoder.safetensors" in previews
+        assert not {"taef2_encoder.pth", "taesd_decoder.pth"} & set(previews)
+    finally:
+        shutil.rmtree(teacher.parent)
+        for path in extra:
+            path.unlink()
