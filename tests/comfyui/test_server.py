@@ -80,3 +80,17 @@ def test_bad_inputs_get_http_400_naming_the_input(server, tiny_models):
     missing = copy.deepcopy(graph)
     del missing["3"]["inputs"]["editor"]
     assert "editor" in _errors(server.submit(missing))
+
+
+def test_a_missing_judge_drops_the_score_and_the_edit_still_runs(server, tiny_models):
+    """What docs/comfyui.md says ComfyUI does with a bad input at queue time: the outputs that do not need the bad
+    node run (the edit is saved), the rest are dropped, and the error is reported for the bad node."""
+    graph = localize(load(WORKFLOWS / "api" / "edit_score.json"), tiny_models[1])
+    graph["5"]["inputs"]["model"] = "no-such-judge/"
+    response = server.submit(graph)
+    assert response.status_code == 200, response.text[:2000]
+    body = response.json()
+    assert set(body["node_errors"]) == {"5"} and body["node_errors"]["5"]["dependent_outputs"] == ["7"]
+    assert all("model: 'no-such-judge/' is not available" in e["details"] for e in body["node_errors"]["5"]["errors"])
+    entry = server.wait(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success" and set(entry["outputs"]) == {"4"}  # saved; no score
