@@ -92,7 +92,7 @@ def summarise(runs: list[dict]) -> dict:
     for variant, rs in table.items():
         row = {"seeds": [r["seed"] for r in rs], "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rs)}
         for group in ["all", *EDIT_TYPES]:
-            for key in ("success", "preservation"):
+            for key in ("success", "preservation", "scene"):
                 vals = [r["metrics"][group][key] for r in rs if group in r["metrics"]]
                 row[f"{group}/{key}"] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
         out[variant] = row
@@ -100,7 +100,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(summary: dict, steps: int, n_eval: int, world: dict | None = None) -> str:
-    head = ["row", "success", "preservation"] + [f"{t} succ." for t in EDIT_TYPES]
+    head = ["row", "success", "preservation", "scene right"] + [f"{t} succ." for t in EDIT_TYPES]
     lines = []
     if world:
         ae, teacher, judge = world["autoencoder"], world["teacher"], world["judge"]
@@ -112,7 +112,7 @@ def markdown(summary: dict, steps: int, n_eval: int, world: dict | None = None) 
               "edits; mean ± std over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, row in summary.items():
         cells = [f"{variant} (n={len(row['seeds'])})"]
-        for key in ("all/success", "all/preservation", *[f"{t}/success" for t in EDIT_TYPES]):
+        for key in ("all/success", "all/preservation", "all/scene", *[f"{t}/success" for t in EDIT_TYPES]):
             m, s = row[key]
             cells.append(f"{m:.3f} ± {s:.3f}")
         lines.append("| " + " | ".join(cells) + " |")

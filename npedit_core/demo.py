@@ -91,4 +91,5 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print
 def _report(log, title: str, metrics: dict) -> None:
     parts = ", ".join(f"{k} {v['success']:.2f}" for k, v in metrics.items() if k != "all")
     a = metrics["all"]
-    log(f"  {title}: success {a['success']:.3f}, preservation {a['preservation']:.3f} (per type: {parts})")
+    log(f"  {title}: success {a['success']:.3f}, preservation {a['preservation']:.3f}, whole scene right "
+        f"{a['scene']:.3f} (per type success: {parts})")

@@ -14,6 +14,13 @@ VAE, no judge). For an example (scene, edit) and an editor output `out` (3, S, S
     O   = pixels farther than 2 px from R                                  the rest of the image
     preservation = fraction of O with max_c |out - src| < 0.1
     psnr_outside = PSNR of out against src over O
+    scene        = scene_match(out, edit.target): the whole edited scene is right (background, and every
+                   shape's colour, kind and cell, nothing extra), the strict reading of both at once
+
+Success and preservation are lenient in ways the strict `scene` is not: preservation counts pixels, so a
+small untouched shape that changed colour costs a few percent of it; success looks at R only, so a
+removal that left a smaller blob behind can pass. Even the correct target passes `scene` only as often
+as the world's autoencoder keeps a scene recognisable (its round trip: `autoencoder.round_trip_scenes`).
 
 A copy of the input scores success 0 and preservation 1; the correct target scores 1 and 1. Success
 needs both: nearer the target than the source over R, and a mean error below 0.15 over each part of R
@@ -63,6 +70,7 @@ def score(out: torch.Tensor, scene: Scene, edit: Edit) -> dict:
         "psnr_outside": 10 * math.log10(1 / max(mse, 1e-10)),
         "err_target": e_t,
         "err_source": e_s,
+        "scene": float(scene_match(out, edit.target)["scene"]),
     }
 
 
@@ -75,12 +83,13 @@ def _coverage(scene: Scene, size: int) -> torch.Tensor:
 
 
 def aggregate(scores: list[dict]) -> dict:
-    """Means overall and per edit type: {"all": {...}, "color": {...}, ...} with n, success, preservation, psnr_outside."""
+    """Means overall and per edit type: {"all": {...}, "color": {...}, ...} with n, success, preservation,
+    psnr_outside and scene."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for s in scores:
         groups[s["edit_type"]].append(s)
         groups["all"].append(s)
-    keys = ("success", "preservation", "psnr_outside")
+    keys = ("success", "preservation", "psnr_outside", "scene")
     return {g: {"n": len(v), **{k: sum(x[k] for x in v) / len(v) for k in keys}} for g, v in sorted(groups.items())}
 
 

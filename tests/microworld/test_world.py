@@ -66,6 +66,26 @@ def test_oracle_needs_the_new_shape_not_just_the_old_one_gone():
             assert score(render(erased), scene, edit)["success"] == 0, edit.instruction
 
 
+def test_oracle_scene_score_refuses_what_success_and_preservation_let_through():
+    """An edit done right while an untouched shape changed colour: success 1 and preservation above 0.9 (pixel
+    shares), but the strict `scene` score is 0; the correct target scores scene 1."""
+    checked = 0
+    for seed in range(40):
+        scene, edit = sample_example(seed, "color")
+        others = [j for j in range(len(scene.shapes)) if j not in edit.changed]
+        if not others:
+            continue
+        j = others[0]
+        used = {s.color for s in edit.target.shapes}
+        recoloured = replace(edit.target.shapes[j], color=next(c for c in COLORS if c not in used))
+        wrong = replace(edit.target, shapes=tuple(recoloured if k == j else s for k, s in enumerate(edit.target.shapes)))
+        right, bad = score(render(edit.target), scene, edit), score(render(wrong), scene, edit)
+        assert right["scene"] == 1 and right["success"] == 1
+        assert bad["success"] == 1 and bad["preservation"] > 0.9 and bad["scene"] == 0, edit.instruction
+        checked += 1
+    assert checked >= 10
+
+
 def test_scene_oracle_accepts_the_caption_and_refuses_each_wrong_part():
     # The teacher's check: a render of the caption's scene passes; one wrong colour, kind, background,
     # a missing or an extra shape fails. Measured on seeds 0-99: 98 renders pass (a small circle and a
