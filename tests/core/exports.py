@@ -17,10 +17,12 @@ from npedit_core.export import export_checkpoint
 from npedit_core.roles import make_roles
 
 
-def write_exports(backbone: Backbone, folder: Path, lora: bool = True, scale: float = 0.05, seed: int = 0) -> dict[str, Path]:
+def write_exports(backbone: Backbone, folder: Path, lora: bool = True, scale: float = 0.05, seed: int = 0,
+                  comfyui: bool = False) -> dict[str, Path]:
     """Export nudged editor and fake weights of `backbone` (modified in place: give it a throwaway copy).
 
-    Returns {"editor": path, "fake": path}. LoRA rank 4; `scale` is the std of the random nudge.
+    Returns {"editor": path, "fake": path} (+ "editor_comfyui": the editor in `--layout comfyui`, when asked).
+    LoRA rank 4; `scale` is the std of the random nudge.
     """
     cfg = load_config(None, [f"model.backbone={backbone.family}", f"lora.enabled={str(lora).lower()}",
                              "lora.rank=4", "lora.alpha=4"])
@@ -35,5 +37,7 @@ def write_exports(backbone: Backbone, folder: Path, lora: bool = True, scale: fl
     ckpt = folder / "step-00000001.pt"
     torch.save(state, ckpt)
     out = {role: export_checkpoint(ckpt, folder / f"{role}.safetensors", role=role) for role in ("editor", "fake")}
+    if comfyui:
+        out["editor_comfyui"] = export_checkpoint(ckpt, folder / "editor_comfyui.safetensors", layout="comfyui")
     ckpt.unlink()
     return out
