@@ -95,8 +95,11 @@ def preview_decoders() -> list[str]:
 
 
 def export_files() -> list[str]:
-    """NP-Edit weight files: ComfyUI's loras plus .safetensors in models/npedit outside model folders."""
-    found = list(files("loras"))
+    """NP-Edit weight files: .safetensors in ComfyUI's loras and in models/npedit outside model folders.
+
+    Exports are always safetensors; pickles there (other tools' LoRAs, training checkpoints) would not load.
+    """
+    found = [f for f in files("loras") if f.endswith(".safetensors")]
     for root in _roots(OURS):
         for rel, names in _walk(root):
             if MODEL_MARKERS & set(names):

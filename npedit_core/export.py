@@ -88,7 +88,13 @@ def read_export(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch
             meta = handle.metadata() or {}
             weights = {k: handle.get_tensor(k) for k in handle.keys()} if tensors else {}
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive, or a legacy pickle
+            raise CheckpointError(f"{path} is a torch pickle (a training checkpoint?), not an NP-Edit export: export "
+                                  "it with `python -m train_cli export RUN_DIR_OR_CHECKPOINT -o editor.safetensors`") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); NP-Edit loads the files "
+                              "`python -m train_cli export` writes") from None
     if meta.get("npedit_format") == "comfyui_lora":
         raise CheckpointError(f"{path} is a ComfyUI-layout LoRA: load it with ComfyUI's LoRA loader, or export again without --layout comfyui")
     if meta.get("npedit_format") not in ("lora", "full"):

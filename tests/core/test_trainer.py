@@ -138,6 +138,9 @@ def test_warmup_then_npedit_then_export_then_edit(tmp_path, manifest):
 
     with pytest.raises(CheckpointError, match="trained on 'z_image', not 'flux2_klein'"):
         load_editor(Flux2KleinBackbone.tiny(), out)
+    # A training checkpoint given where an export belongs says how to export it.
+    with pytest.raises(CheckpointError, match=r"torch pickle .*python -m train_cli export RUN_DIR_OR_CHECKPOINT"):
+        load_editor(ZImageBackbone.tiny(), latest_checkpoint(tmp_path / "np"))
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,8 @@ def test_menus_list_the_shipped_teacher_whole_and_only_preview_decoders(pack, mo
     models, _ = models_dir
     teacher = models / "npedit" / "microworld" / "teacher"
     approx = models / "vae_approx"
-    extra = [approx / "taef2_encoder.pth", approx / "taesd_decoder.pth", approx / "taef2_decoder.safetensors"]
+    extra = [approx / "taef2_encoder.pth", approx / "taesd_decoder.pth", approx / "taef2_decoder.safetensors",
+             models / "loras" / "step-00000100.pt"]  # a training checkpoint dropped among the LoRAs
     shutil.copytree(TEACHER_DIR, teacher)
     approx.mkdir(exist_ok=True)
     for path in extra:
@@ -118,6 +119,7 @@ def test_menus_list_the_shipped_teacher_whole_and_only_preview_decoders(pack, mo
         previews = required["NPEditLoadEditor"]["preview_decoder"][0]
         assert "taef2_decoder.safetensors" in previews
         assert not {"taef2_encoder.pth", "taesd_decoder.pth"} & set(previews)
+        assert "step-00000100.pt" not in required["NPEditLoadEditor"]["weights"][0]
     finally:
         shutil.rmtree(teacher.parent)
         for path in extra:
