@@ -20,9 +20,11 @@ import argparse
 import copy
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,10 +95,11 @@ def worker(spec: dict) -> dict:
         backbone_class(spec["backbone"]).tiny = classmethod(tiny)
     if spec["layout"] == "copies":
         trainer_module.make_roles = lambda bb, lora, rank, alpha, dropout: ThreeCopies(bb, rank, alpha, dropout)
+    run_dir = tempfile.mkdtemp(prefix="npedit-bench-")  # never recorded: results hold no machine paths
     cfg = load_config(None, [
         f"model.backbone={spec['backbone']}", f"judge.family={spec['judge']}", "model.dtype=float32",
         "judge.dtype=float32", f"data.resolution={spec['resolution']}", "train.batch_size=1",
-        f"train.run_dir={spec['run_dir']}", "train.save_every=1000000", "train.preview_every=0",
+        f"train.run_dir={run_dir}", "train.save_every=1000000", "train.preview_every=0",
         "loss.fake_updates=1", "lora.rank=8", "lora.alpha=8", "loss.do_nothing_prob=0",
         f"train.gradient_checkpointing={str(spec['checkpointing']).lower()}",
     ])
@@ -112,6 +115,7 @@ def worker(spec: dict) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:  # ru_maxrss is in KiB on Linux: the process's high-water mark
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    shutil.rmtree(run_dir, ignore_errors=True)
     transformer_params = sum(p.numel() for n, p in trainer.backbone.transformer.named_parameters() if "lora_" not in n)
     return {**spec, "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0], "first_step_s": times[0],
             "peak_mib": peak, "transformer_m": transformer_params / 1e6}
@@ -139,7 +143,7 @@ def main() -> None:
 
     from benchmarks.measure import machine, write_json
 
-    common = {"device": args.device, "steps": args.steps, "resolution": args.resolution, "run_dir": "/tmp/npedit-bench"}
+    common = {"device": args.device, "steps": args.steps, "resolution": args.resolution}  # run dirs: a fresh temp dir each
     results: dict = {"machine": machine(), "settings": common}
     lines = []
     if "A" in args.part:
