@@ -134,6 +134,22 @@ def comfyui_python(tree: Path) -> Path:
     return python
 
 
+def front_end(tree: Path) -> Path:
+    """The static folder of the front end `tree` pins (comfyui-frontend-package), installed once into the cache."""
+    pin = next((line.split("#", 1)[0].strip() for line in (tree / "requirements.txt").read_text().splitlines()
+                if line.strip().lower().startswith("comfyui-frontend-package")), None)
+    if pin is None or "==" not in pin:
+        raise Unavailable(f"{tree}/requirements.txt pins no comfyui-frontend-package version")
+    target = cache_dir() / f"frontend-{pin.split('==')[1].strip()}"
+    with _locked(target):
+        if not (target / COMPLETE).is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), pin],
+                 f"installing {pin} from PyPI", _pypi_env())
+            (target / COMPLETE).write_text(pin + "\n")
+    return target / "comfyui_frontend_package" / "static"
+
+
 if __name__ == "__main__":
     t = comfyui_tree()
     print(f"ComfyUI tree: {t}\nPython: {comfyui_python(t)}")

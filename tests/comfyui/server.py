@@ -6,7 +6,7 @@ Layout of one server (all under a temporary folder, so nothing is written into t
     models/           the tiny fixture models (tests/tiny_models.py)
     paths.yaml        --extra-model-paths-config: custom_nodes and every model folder key
     out/              --output-directory
-    frontend/index.html  an empty front end (the real one is not installed)
+    frontend/index.html  an empty front end (or `front_end`: the real one's static folder)
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, tree: Path, python: Path, work: Path, models: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, tree: Path, python: Path, work: Path, models: Path, extra_args: tuple[str, ...] = (),
+                 front_end: Path | None = None):
         self.tree, self.python, self.work, self.models = tree, python, work, models
+        self.front_end = front_end  # a real front end's static folder; None: an empty page
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -86,7 +88,7 @@ class ComfyServer:
                                   **{key: str(self.models / key) for key in MODEL_KEYS}}}
         (w / "paths.yaml").write_text(yaml.safe_dump(paths))
         cmd = [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--front-end-root", str(w / "frontend"),
+               "--disable-auto-launch", "--front-end-root", str(self.front_end or w / "frontend"),
                "--base-directory", str(w / "base"), "--extra-model-paths-config", str(w / "paths.yaml"),
                "--output-directory", str(self.output_dir), "--database-url", "sqlite:///:memory:",
                "--disable-api-nodes", *self.extra_args]
