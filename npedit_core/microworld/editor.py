@@ -176,7 +176,7 @@ def evaluate(editor_backbone, items, sampler_cfg, seed: int = 0, batch: int = 50
 
 
 #: The example workflow's scene and instruction (workflows/microworld_edit.json): held-out, never trained on.
-EXAMPLE_SEED, EXAMPLE_TYPE = EVAL_SEED_BASE + 18, "color"
+EXAMPLE_SEED, EXAMPLE_TYPE = EVAL_SEED_BASE + 24, "color"
 
 
 def example():

@@ -98,7 +98,7 @@ def test_micro_world_workflow_runs_from_the_page(page):
     entry = page.server.wait(prompt_id)
     assert entry["status"]["status_str"] == "success", json.dumps(entry)[:2000]
     report = entry["outputs"]["7"]["text"][0]
-    assert "make the orange circle red" in report
+    assert "make the red triangle purple" in report
     page.wait_for_function("() => (window.app.graph.getNodeById(7).widgets || []).some(w => w.name === 'npedit_report')")
     # The scorer's report is on the node (nodes/web/npedit_report.js), and neither queued nor saved with the workflow.
     shown = page.evaluate("() => window.app.graph.getNodeById(7).widgets.filter(w => w.name === 'npedit_report')"

@@ -7,10 +7,12 @@ instructions and edited captions are read; the oracle scores the same 50 held-ou
 fixed noise seeds) before and after.
 
 MEASURED is what the margins were set from: this exact run (one CPU thread, as the test sets) with
-training and noise seeds 0-3. The warm-up editor copies (success 0.00 on every seed, preservation
-0.92-0.94); 40 steps gained 0.04-0.08, spread over two or three edit types (background, colour, and
-replace or remove), and kept 0.73-0.86 of the untouched pixels. Asserted: a gain of at least MARGIN
-(the smallest measured), on at least two edit types, with preservation at least MIN_PRESERVATION.
+training and noise seeds 0-3, on the shipped weights of 2026-12-07 (the teacher trained 9000 steps). The
+warm-up editor copies (success 0.02 on every seed: one background edit; preservation 0.90-0.91); 200 steps
+gained 0.08-0.20, over two or three edit types (removals on every seed, then background, colour or replace),
+and kept 0.75-0.82 of the untouched pixels. (40 steps, the earlier length, gained 0.00-0.02 on these weights,
+80 steps 0.00-0.06.) Asserted: a gain of at least MARGIN (the smallest measured), on at least two edit types,
+with preservation at least MIN_PRESERVATION.
 Not asserted, because it does not hold yet: a gain on every type (add never gains here).
 """
 
@@ -21,12 +23,12 @@ import torch
 
 from npedit_core.microworld.editor import JUDGE_DIR, TEACHER_DIR, WARMUP_FILE, evaluate, eval_items, examples, make_trainer, write_manifest
 
-STEPS = 40
+STEPS = 200
 MEASURED = {  # seed: (success before, success after, preservation before, preservation after)
-    0: (0.00, 0.08, 0.917, 0.828), 1: (0.00, 0.06, 0.922, 0.818), 2: (0.00, 0.06, 0.940, 0.726),
-    3: (0.00, 0.04, 0.935, 0.858),
+    0: (0.02, 0.22, 0.899, 0.754), 1: (0.02, 0.12, 0.909, 0.806), 2: (0.02, 0.10, 0.908, 0.818),
+    3: (0.02, 0.16, 0.898, 0.782),
 }
-MARGIN = 0.04
+MARGIN = 0.08
 MIN_PRESERVATION = 0.7
 
 pytestmark = pytest.mark.skipif(not (TEACHER_DIR.is_dir() and JUDGE_DIR.is_dir() and WARMUP_FILE.is_file()),
@@ -57,4 +59,4 @@ def test_short_npedit_run_raises_oracle_success(tmp_path, one_thread):
     gained = [k for k in before if k != "all" and after[k]["success"] > before[k]["success"]]
     assert len(gained) >= 2, f"only {gained} gained: {report}"
     kept = after["all"]["preservation"]
-    assert kept >= MIN_PRESERVATION, f"the editor kept only {kept:.3f} of the untouched pixels (measured 0.73-0.86)"
+    assert kept >= MIN_PRESERVATION, f"the editor kept only {kept:.3f} of the untouched pixels (measured 0.75-0.82)"
