@@ -243,18 +243,14 @@ def build_npedit(out: str | Path = NPEDIT_FILE, steps: int = 200, seed: int = 0,
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="micro-world editors")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    w = sub.add_parser("warmup", help="rebuild the warm-up editor from the teacher")
-    w.add_argument("--out", default=str(WARMUP_FILE))
-    w.add_argument("--steps", type=int, default=3000)
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--work", default="runs/microworld-warmup")
-    w.add_argument("--threads", type=int, default=0)
-    n = sub.add_parser("npedit", help="rebuild the shipped NP-Edit editor (no pairs) from the warm-up editor")
-    n.add_argument("--out", default=str(NPEDIT_FILE))
-    n.add_argument("--steps", type=int, default=200)
-    n.add_argument("--seed", type=int, default=0)
-    n.add_argument("--work", default="runs/microworld-npedit")
-    n.add_argument("--threads", type=int, default=0)
+    for name, out, steps, what in (("warmup", WARMUP_FILE, 3000, "the warm-up editor from the teacher"),
+                                   ("npedit", NPEDIT_FILE, 200, "the shipped NP-Edit editor (no pairs) from the warm-up")):
+        p = sub.add_parser(name, help=f"rebuild {what}")
+        p.add_argument("--out", default=str(out))
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--work", default=f"runs/microworld-{name}", help="run folder (an existing one is resumed)")
+        p.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
