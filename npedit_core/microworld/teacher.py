@@ -21,6 +21,10 @@ FLUX.2-klein checkpoint:
 - train_log.json  seeds, steps, wall-clock times and final metrics
 
 A 64x64 image is 4x4 = 16 latent tokens of 128 channels.
+
+The shipped teacher is this build (3000 steps) trained on with `--resume-from` for 6000 steps at lr 5e-4
+(scene accuracy 0.17 -> 0.36; its train_log.json keeps both logs). `--size 96` (6x6 tokens, which tile the 3x3
+grid) was tried: 0.06 after 3000 steps, against 0.17 at 64 px.
 """
 
 from __future__ import annotations
@@ -224,6 +228,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.steps < 1:
         ap.error(f"--steps must be at least 1, got {a.steps}")
+    if a.size < 16 or a.size % 16:
+        ap.error(f"--size must be a positive multiple of 16 (the autoencoder's 8x and the 2x2 patches), got {a.size}")
     if a.threads:
         torch.set_num_threads(a.threads)
     build(a.out, a.steps, a.seed, a.lr, a.resume_from, a.vae_from, a.n_data, a.size)
