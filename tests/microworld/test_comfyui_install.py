@@ -26,7 +26,7 @@ def test_install_copies_models_scene_and_workflow(comfyui, capsys):
     editors = sorted(p.name for p in WEIGHTS.glob("*.safetensors"))
     assert editors and sorted(p.name for p in ours.glob("*.safetensors")) == editors
     scene = np.asarray(Image.open(comfyui / "input" / "npedit_microworld_scene.png")).astype(np.float32) / 255
-    assert np.abs(scene - render(example()[0]).permute(1, 2, 0).numpy()).max() <= 0.5 / 255
+    assert np.abs(scene - render(example()[0]).permute(1, 2, 0).numpy()).max() <= 0.501 / 255  # 8-bit rounding
     workflow = comfyui / "user" / "default" / "workflows" / "NP-Edit micro-world edit.json"
     assert workflow.is_file() and not list(comfyui.rglob("*.partial"))
     assert "file(s) written" in capsys.readouterr().out
