@@ -32,7 +32,6 @@ WARMUP_STEPS = 10
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print, fresh: bool = False) -> Path:
     """The demo into `out`. A folder with an earlier demo's runs is reused (said so); `fresh` starts over."""
     from .microworld.editor import SETTINGS, WARMUP_SETTINGS, evaluate, eval_items, examples, load_warmup, write_manifest
-    from .microworld.world import render_batch
 
     out = Path(out)
     runs = [out / "warmup", out / "npedit"]
@@ -75,17 +74,32 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print
     editor = export_checkpoint(out / "npedit", out / "editor.safetensors")
     log(f"  wrote {editor}")
 
-    log("[4/4] before/after grid of held-out edits")
-    pick = list(range(10))  # two of each edit type (eval_items cycles through the types)
-    inputs = render_batch([evals[i][0] for i in pick])
-    targets = render_batch([evals[i][1].target for i in pick])
-    grid = save_preview_grid(out / "demo_grid.png", list(inputs), list(targets),
-                             [before_out[i] for i in pick], [after_out[i] for i in pick])
-    (out / "demo_grid.txt").write_text("columns: input | target (oracle) | before NP-Edit | after NP-Edit\nrows: "
-                                       + "; ".join(evals[i][1].instruction for i in pick) + "\n")
+    log("[4/4] before/after grids of held-out edits")
+    grids = write_grids(out, evals, before_out, after_out)
     (out / "oracle.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
-    log(f"  wrote {grid} (columns: input, target, before, after) and {out / 'oracle.json'}")
+    log(f"  wrote {', '.join(p.name for p in grids)} in {out} (columns: input, target, before, after; rows listed in "
+        f"demo_grid.txt) and {out / 'oracle.json'}")
     return out
+
+
+def write_grids(out: Path, evals, before_out, after_out) -> list[Path]:
+    """demo_grid.png (the first two edits of each type) and demo_grid_<type>.png (every edit of one type), each row
+    input | target (oracle) | before NP-Edit | after NP-Edit; demo_grid.txt lists every grid's rows."""
+    from .microworld.world import EDIT_TYPES, render_batch
+
+    picks = {"": list(range(2 * len(EDIT_TYPES)))}  # eval_items cycles through the types
+    picks.update({t: [i for i, (_, e) in enumerate(evals) if e.edit_type == t] for t in EDIT_TYPES})
+    grids, lines = [], ["columns: input | target (oracle) | before NP-Edit | after NP-Edit"]
+    for kind, pick in picks.items():
+        if not pick:
+            continue
+        name = f"demo_grid_{kind}.png" if kind else "demo_grid.png"
+        grids.append(save_preview_grid(out / name, list(render_batch([evals[i][0] for i in pick])),
+                                       list(render_batch([evals[i][1].target for i in pick])),
+                                       [before_out[i] for i in pick], [after_out[i] for i in pick]))
+        lines.append(f"{name} rows: " + "; ".join(evals[i][1].instruction for i in pick))
+    (out / "demo_grid.txt").write_text("\n".join(lines) + "\n")
+    return grids
 
 
 def _report(log, title: str, metrics: dict) -> None:
