@@ -89,14 +89,14 @@ def write_grids(out: Path, evals, before_out, after_out) -> list[Path]:
 
     picks = {"": list(range(2 * len(EDIT_TYPES)))}  # eval_items cycles through the types
     picks.update({t: [i for i, (_, e) in enumerate(evals) if e.edit_type == t] for t in EDIT_TYPES})
+    inputs, targets = render_batch([s for s, _ in evals]), render_batch([e.target for _, e in evals])
     grids, lines = [], ["columns: input | target (oracle) | before NP-Edit | after NP-Edit"]
     for kind, pick in picks.items():
         if not pick:
             continue
         name = f"demo_grid_{kind}.png" if kind else "demo_grid.png"
-        grids.append(save_preview_grid(out / name, list(render_batch([evals[i][0] for i in pick])),
-                                       list(render_batch([evals[i][1].target for i in pick])),
-                                       [before_out[i] for i in pick], [after_out[i] for i in pick]))
+        columns = ([col[i] for i in pick] for col in (inputs, targets, before_out, after_out))
+        grids.append(save_preview_grid(out / name, *columns))
         lines.append(f"{name} rows: " + "; ".join(evals[i][1].instruction for i in pick))
     (out / "demo_grid.txt").write_text("\n".join(lines) + "\n")
     return grids

@@ -188,7 +188,7 @@ def eval_items(per_type: int = 10):
     return examples(per_type * len(EDIT_TYPES), EVAL_SEED_BASE, balanced=True)
 
 
-# --- the warm-up editor ---------------------------------------------------------------------------
+# --- the shipped editors: warm-up and NP-Edit ----------------------------------------------------
 def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 3000, seed: int = 0, n_data: int = 2000,
                  work: str | Path = "runs/microworld-warmup", log=print) -> dict:
     """Reference-copy warm-up of the (fully fine-tuned) editor from the teacher; a full export to `out`."""
@@ -202,17 +202,21 @@ def build_warmup(out: str | Path = WARMUP_FILE, steps: int = 3000, seed: int = 0
     seconds = time.perf_counter() - start
     lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     final = sum(x["warmup_loss"] for x in lines[-50:]) / len(lines[-50:])
-    metrics, _ = evaluate(trainer.roles.editor_backbone(), eval_items(), cfg.sampler)
+    report = {"steps": steps, "seed": seed, "seconds": round(seconds, 1), "final_warmup_loss_mean50": round(final, 5)}
+    return _ship(trainer, out, "warmup", report, "warmup_log.json", log)
+
+
+def _ship(trainer: Trainer, out: str | Path, stage: str, report: dict, log_name: str, log) -> dict:
+    """Score the trained editor on the held-out edits, write it as a full fp16 export to `out` (3.3 MB: it ships
+    with the repository; loaded back as float32) and `report` beside it as `log_name`."""
+    report["oracle"], _ = evaluate(trainer.roles.editor_backbone(), eval_items(), trainer.cfg.sampler)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # fp16 on disk (3.3 MB): the demo must ship with the repository; loaded back as float32
     write_safetensors({k: v.half() for k, v in trainer.roles.editor_state_dict().items()}, out,
                       {"npedit_format": "full", "backbone": trainer.backbone.family, "role": "editor",
-                       "step": str(trainer.step), "stage": "warmup"})
-    report = {"steps": steps, "seed": seed, "seconds": round(seconds, 1), "final_warmup_loss_mean50": round(final, 5),
-              "oracle": metrics}
-    (out.parent / "warmup_log.json").write_text(json.dumps(report, indent=2))
-    log(f"warm-up: {report}")
+                       "step": str(trainer.step), "stage": stage})
+    (out.parent / log_name).write_text(json.dumps(report, indent=2))
+    log(f"{stage} editor: {report}")
     return report
 
 
@@ -227,17 +231,8 @@ def build_npedit(out: str | Path = NPEDIT_FILE, steps: int = 200, seed: int = 0,
     items = examples(n_data)
     trainer = make_trainer("npedit", work / "run", write_manifest(work / "data", items), items, steps, seed, log=log)
     trainer.run()
-    seconds = time.perf_counter() - start
-    metrics, _ = evaluate(trainer.roles.editor_backbone(), eval_items(), trainer.cfg.sampler)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_safetensors({k: v.half() for k, v in trainer.roles.editor_state_dict().items()}, out,
-                      {"npedit_format": "full", "backbone": trainer.backbone.family, "role": "editor",
-                       "step": str(trainer.step), "stage": "npedit"})
-    report = {"steps": steps, "seed": seed, "n_data": n_data, "seconds": round(seconds, 1), "oracle": metrics}
-    (out.parent / "npedit_editor_log.json").write_text(json.dumps(report, indent=2))
-    log(f"NP-Edit editor: {report}")
-    return report
+    report = {"steps": steps, "seed": seed, "n_data": n_data, "seconds": round(time.perf_counter() - start, 1)}
+    return _ship(trainer, out, "npedit", report, "npedit_editor_log.json", log)
 
 
 def main(argv=None) -> None:

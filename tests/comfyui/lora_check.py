@@ -99,9 +99,10 @@ def main(job_path: str) -> None:
         if key not in after:
             report["absent"].append(key)
             continue
+        diff = float((after[key] - want.float()).abs().max())
         if not torch.equal(want, base[key]):
-            report["changed"][key] = float((after[key] - want.float()).abs().max())
-        report["max_diff"] = max(report["max_diff"], float((after[key] - want.float()).abs().max()))
+            report["changed"][key] = diff
+        report["max_diff"] = max(report["max_diff"], diff)
     print(json.dumps(report))
 
 

@@ -49,7 +49,8 @@ def page(comfyui, tiny_models, tmp_path_factory):
             tab.errors = []
             tab.on("pageerror", lambda err: tab.errors.append(str(err)))
             # A returning user's settings: no template browser on the first visit; node text drawn at any zoom.
-            for key, value in (("Comfy.TutorialCompleted", True), ("LiteGraph.Canvas.LowQualityRenderingZoomThreshold", 0.1)):
+            settings = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.1}
+            for key, value in settings.items():
                 assert http("POST", f"{server.url}/settings/{key}", value).ok
             tab.goto(server.url)
             tab.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
@@ -58,6 +59,11 @@ def page(comfyui, tiny_models, tmp_path_factory):
             browser.close()
     finally:
         server.stop()
+
+
+def api_graph(output: dict) -> dict:
+    """The front end's queued prompt without its display-only `_meta`, as our API files hold it."""
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in output.items()}
 
 
 def open_workflow(page, ui: dict) -> dict:
@@ -81,8 +87,7 @@ def shoot(page, name: str) -> None:
 def test_front_end_opens_each_workflow_and_queues_its_api_copy(page, ui_path, api_path):
     got = open_workflow(page, load(ui_path))
     assert got["unknown"] == []
-    api = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in got["api"].items()}
-    assert api == load(api_path)
+    assert api_graph(got["api"]) == load(api_path)
     assert page.errors == []
     shoot(page, ui_path.stem)
 
@@ -105,8 +110,7 @@ def test_micro_world_workflow_runs_from_the_page(page):
                           ".map(w => w.value)")
     assert shown == [report]
     again = page.evaluate("async () => (await window.app.graphToPrompt()).output")
-    assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in again.items()} == load(
-        WORKFLOWS / "api" / "microworld_edit.json")
+    assert api_graph(again) == load(WORKFLOWS / "api" / "microworld_edit.json")
     saved = page.evaluate("() => window.app.graph.serialize().nodes.find(n => n.id === 7).widgets_values")
     assert saved == next(n for n in load(WORKFLOWS / "microworld_edit.json")["nodes"] if n["id"] == 7)["widgets_values"]
     page.wait_for_timeout(1500)  # the Save Image node shows its picture
