@@ -9,6 +9,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import folders
+from .core_sampling import NPEditSigmas, NPEditStepSampler, NPEditZImageReference
 from .loaders import NPEditLoadCritic, NPEditLoadEditor, NPEditLoadJudge
 from .refine import NPEditRefine
 from .sampler import NPEditSampler
@@ -23,6 +24,9 @@ NODES: list[type[io.ComfyNode]] = [
     NPEditDMDCritic,
     NPEditSelectBest,
     NPEditRefine,
+    NPEditSigmas,
+    NPEditStepSampler,
+    NPEditZImageReference,
 ]
 
 

@@ -60,6 +60,20 @@ def edit_schedule(steps: int = 4, shift: float = 6.0) -> list[float]:
     return [time_shift(1 - i / steps, shift) for i in range(steps)]
 
 
+def next_latent(x: torch.Tensor, x0: torch.Tensor, v: torch.Tensor, s: float, s_next: float, step: str, eta: float,
+                renoise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The latent at time s_next from x at time s, its x0 estimate and v = (x - x0) / s (module docstring)."""
+    if step == "ddim":
+        eps_hat = x0 + v
+        kept = max(0.0, s_next - eta * (s - s_next) * s_next / s)  # share of the predicted noise kept
+        return (1 - s_next) * x0 + kept * eps_hat + math.sqrt(s_next**2 - kept**2) * renoise(x)
+    if eta == 0.0:
+        return x + (s_next - s) * v
+    eps_hat = x0 + v  # the noise implied by (x, v): x = (1 - s) x0 + s eps
+    eps = eta * renoise(x) + math.sqrt(1 - eta**2) * eps_hat
+    return (1 - s_next) * x0 + s_next * eps
+
+
 def denoise(
     backbone: Backbone,
     x: torch.Tensor,
@@ -93,17 +107,7 @@ def denoise(
             callback(i, len(sigmas), x0)
         if i + 1 == len(sigmas):
             break
-        s_next = sigmas[i + 1]
-        if step == "ddim":
-            eps_hat = x0 + v
-            kept = max(0.0, s_next - eta * (s - s_next) * s_next / s)  # share of the predicted noise kept
-            x = (1 - s_next) * x0 + kept * eps_hat + math.sqrt(s_next**2 - kept**2) * renoise(x)
-        elif eta == 0.0:
-            x = x + (s_next - s) * v
-        else:
-            eps_hat = x0 + v  # the noise implied by (x, v): x = (1 - s) x0 + s eps
-            eps = eta * renoise(x) + math.sqrt(1 - eta**2) * eps_hat
-            x = (1 - s_next) * x0 + s_next * eps
+        x = next_latent(x, x0, v, s, sigmas[i + 1], step, eta, renoise)
     return x0
 
 

@@ -197,10 +197,14 @@ def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, r
     else:  # continue training another build's transformer (e.g. more steps at a lower learning rate)
         shutil.copytree(Path(resume_from) / "transformer", out / "transformer", dirs_exist_ok=True)
         report["resumed_from"] = json.loads((Path(resume_from) / "train_log.json").read_text())
+    # each continuation trains on fresh scenes and noise: seed + how many builds this one continues
+    depth, log_ = 0, report
+    while "resumed_from" in log_:
+        depth, log_ = depth + 1, log_["resumed_from"]
     backbone = Flux2KleinBackbone.from_pretrained(str(out), dtype=torch.float32)
     transformer = backbone.transformer
     t0 = time.perf_counter()
-    report.update(train_teacher(backbone, steps, seed + (resume_from is not None), n_data, lr=lr, size=size, log=log))
+    report.update(train_teacher(backbone, steps, seed + depth, n_data, lr=lr, size=size, log=log))
     report["teacher_seconds"] = round(time.perf_counter() - t0, 1)
     transformer.register_to_config(_name_or_path="transformer")  # from_pretrained recorded this machine's path
     transformer.save_pretrained(str(out / "transformer"))

@@ -1,0 +1,94 @@
+"""An NP-Edit Z-Image editor on ComfyUI's own MODEL (core LoRA loader + SamplerCustom) gives our sampler's edit.
+
+Both sides get the same base weights, the same `--layout comfyui` LoRA, caption features, reference latent and
+seed: ours is `npedit_core.sampler.denoise` as `edit_images` runs it; ComfyUI's is `core_nodes_check.py` in the
+tier's own Python. The model is a Z-Image of dim 1024 (ComfyUI's timestep MLP is min(dim, 1024) wide where
+diffusers' is 1024: below that the two classes differ in shape), 1 layer of each kind.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from npedit_core.backbones.z_image import TINY_TRANSFORMER_CONFIG, ZImageBackbone
+from npedit_core.export import load_editor
+from npedit_core.sampler import SeededNoise, denoise, edit_schedule
+from tests.core.exports import write_exports
+
+CHECK = Path(__file__).with_name("core_nodes_check.py")
+CONFIG = {**TINY_TRANSFORMER_CONFIG, "dim": 1024, "n_layers": 1, "n_refiner_layers": 1, "n_heads": 8, "n_kv_heads": 8,
+          "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512]}
+
+
+def backbone(seed: int = 0) -> ZImageBackbone:
+    from diffusers import ZImageTransformer2DModel
+
+    tiny = ZImageBackbone.tiny(seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = ZImageTransformer2DModel(**CONFIG)
+        with torch.no_grad():
+            for token in (transformer.x_pad_token, transformer.cap_pad_token):
+                token.normal_(0.0, 0.5)
+            # diffusers zero-initialises the modulation and final layers: no output, nothing to compare
+            for name, p in transformer.named_parameters():
+                if "adaLN" in name or "final_layer" in name:
+                    p.normal_(0.0, 0.02)
+    return ZImageBackbone(transformer, tiny.vae, tiny.text_encoder, tiny.tokenizer)
+
+
+def comfy_config() -> dict:
+    c = CONFIG
+    return {"patch_size": 2, "in_channels": c["in_channels"], "dim": c["dim"], "n_layers": c["n_layers"],
+            "n_refiner_layers": c["n_refiner_layers"], "n_heads": c["n_heads"], "n_kv_heads": c["n_kv_heads"],
+            "cap_feat_dim": c["cap_feat_dim"], "axes_dims": c["axes_dims"], "axes_lens": c["axes_lens"],
+            "qk_norm": True, "rope_theta": c["rope_theta"], "ffn_dim_multiplier": 8.0 / 3.0, "multiple_of": 1,
+            "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}  # as detection sets them
+
+
+def run_check(comfyui, tmp_path, job) -> tuple[dict, torch.Tensor]:
+    tree, python = comfyui
+    path = tmp_path / f"job-{job['step']}.json"
+    path.write_text(json.dumps(job))
+    run = subprocess.run([str(python), str(CHECK), str(path)], cwd=tree, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    return json.loads(run.stdout.strip().splitlines()[-1]), load_file(job["out"])["x0"]
+
+
+@pytest.mark.parametrize("step", ["renoise", "ddim"])
+def test_core_nodes_edit_equals_our_sampler(comfyui, tmp_path, step):
+    exports = write_exports(backbone(), tmp_path / "exports", comfyui=True)
+    editor = load_editor(backbone(), exports["editor"])
+    base = {k: v.contiguous() for k, v in backbone().transformer.state_dict().items()}
+    save_file(base, str(tmp_path / "base.safetensors"))
+
+    image = torch.rand(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
+    reference = editor.encode_images(image)  # (1, 16, 12, 8): a 6 x 4 token grid, not square
+    text = editor.encode_text(["make the sky pink"])
+    save_file({"latent": reference.contiguous()}, str(tmp_path / "reference.safetensors"))
+    save_file({"context": text.embeds[text.mask][None].contiguous()}, str(tmp_path / "context.safetensors"))
+    seed, steps, shift, eta = 7, 4, 6.0, 1.0
+    noise = SeededNoise([seed])
+    with torch.no_grad():
+        ours = denoise(editor, noise(reference), edit_schedule(steps, shift), text, reference, eta=eta,
+                       renoise=noise, step=step)
+
+    job = {"config": comfy_config(), "base": str(tmp_path / "base.safetensors"),
+           "lora_dir": str(exports["editor_comfyui"].parent), "lora_name": exports["editor_comfyui"].name,
+           "context": str(tmp_path / "context.safetensors"), "reference": str(tmp_path / "reference.safetensors"),
+           "batch": 1, "seed": seed, "steps": steps, "shift": shift, "step": step, "eta": eta,
+           "out": str(tmp_path / f"comfy-{step}.safetensors")}
+    report, theirs = run_check(comfyui, tmp_path, job)
+    diff = float((theirs - ours).abs().max())
+    scale = float(ours.abs().max())
+    print(step, report, f"max |ComfyUI - ours| {diff:.3g} (latents up to {scale:.3g})")
+    assert report["missing"] == ["norm_final.weight"] and report["unexpected"] == []  # an unused RMSNorm of ComfyUI's
+    assert report["patches"] > 0  # the LoRA reached the model
+    assert report["sigmas"] == [1.0, 0.947368, 0.857143, 0.666667, 0.0]
+    assert theirs.shape == ours.shape and diff < 1e-4 * max(1.0, scale)
