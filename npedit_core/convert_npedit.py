@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 from .errors import CheckpointError, NPEditError
-from .export import write_safetensors
+from .export import to_comfyui_model, write_safetensors
 
 #: Prefix of the transformer inside the re-implementation's `ZImageDenoiser`.
 DENOISER_PREFIX = "transformer."
@@ -128,8 +128,12 @@ def check_fit(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...
         raise CheckpointError(f"{path} does not fit the Z-Image transformer: " + "; ".join(parts))
 
 
-def convert_npedit_checkpoint(src: str | Path, out: str | Path, reference=None, dtype: str | None = None) -> Path:
+def convert_npedit_checkpoint(src: str | Path, out: str | Path, reference=None, dtype: str | None = None,
+                              layout: str = "npedit") -> Path:
     """Write `src` (the published `zimage_npedit_internvl.pt`, or a re-implementation checkpoint) as an NP-Edit export.
+
+    layout "comfyui": a Z-Image diffusion model in the original keys instead, for ComfyUI's Load Diffusion
+    Model; it edits through core nodes with the pack's Z-Image Reference node and the Step Sampler on "ddim".
 
     reference: what the weights must fit (see `reference_shapes`; default: the real Z-Image config).
     dtype: "bfloat16" / "float16" / "float32" to cast, None keeps the file's (bf16 for the published one).
@@ -145,6 +149,10 @@ def convert_npedit_checkpoint(src: str | Path, out: str | Path, reference=None, 
     meta = {"npedit_format": "full", "backbone": "z_image", "role": "editor", "step": "0", "stage": "npedit",
             "source": f"nupurkmr9/npedit {Path(src).name}", "enable_thinking": "false",
             "sampler_step": "ddim"}  # its inference step (sampler.py); `edit` and the nodes pick it up
+    if layout == "comfyui":
+        weights, meta = to_comfyui_model(weights, meta, src)
+    elif layout != "npedit":
+        raise NPEditError(f"layout: {layout!r} is not one of npedit, comfyui")
     return write_safetensors(weights, out, meta)
 
 

@@ -29,8 +29,9 @@ ADAPTER_NAME = "editor"
 def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor", layout: str = "npedit") -> Path:
     """Write the `role` ("editor" or "fake") weights of a run directory or checkpoint file to `out`.
 
-    layout "npedit" (default) is what the nodes and `edit` load; "comfyui" writes a LoRA in the key
-    layout of ComfyUI's own LoRA loader for the base model (lora_formats.py).
+    layout "npedit" (default) is what the nodes and `edit` load; "comfyui" writes what ComfyUI's own loaders
+    read: a LoRA run as a LoRA in the key layout of its LoRA loader for the base model (lora_formats.py), a
+    full fine-tune as a diffusion model in the family's original keys (`to_comfyui_model`).
     """
     source = Path(source)
     ckpt = latest_checkpoint(source) if source.is_dir() else source
@@ -48,14 +49,29 @@ def export_checkpoint(source: str | Path, out: str | Path, role: str = "editor",
         weights = {k.replace(marker, "."): v for k, v in weights.items()}
         targets = sorted({k.rsplit(".lora_", 1)[0] for k in weights})  # full module paths: exact matches
         meta.update(rank=str(cfg["lora"]["rank"]), alpha=str(cfg["lora"]["alpha"]), target_modules=json.dumps(targets))
-    if layout == "comfyui":
-        if meta["npedit_format"] != "lora":
-            raise CheckpointError(f"{ckpt}: the comfyui layout is for LoRA runs; this run trained full weights")
+    if layout == "comfyui" and meta["npedit_format"] == "lora":
         weights = to_comfyui_lora(weights, meta["backbone"], float(meta["alpha"]))
         meta = {"npedit_format": "comfyui_lora", "backbone": meta["backbone"], "role": role, "step": meta["step"]}
+    elif layout == "comfyui":
+        weights, meta = to_comfyui_model(weights, meta, ckpt)
     elif layout != "npedit":
         raise CheckpointError(f"unknown export layout {layout!r}; expected 'npedit' or 'comfyui'")
     return write_safetensors(weights, out, meta)
+
+
+def to_comfyui_model(weights: dict[str, torch.Tensor], meta: dict[str, str], source) -> tuple[dict, dict]:
+    """A full editor (diffusers names) as a diffusion-model file for ComfyUI's Load Diffusion Model (UNETLoader).
+
+    Z-Image: the original Z-Image keys; FLUX.2-klein: the BFL keys. The metadata keeps what NP-Edit knows
+    about the editor (ComfyUI ignores it); `read_export` refuses the file with a hint.
+    """
+    from .backbones.flux2_klein import transformer_state_dict_to_bfl
+    from .backbones.z_image import transformer_state_dict_to_original
+
+    convert = {"z_image": transformer_state_dict_to_original, "flux2_klein": transformer_state_dict_to_bfl}
+    if meta["backbone"] not in convert:
+        raise CheckpointError(f"{source}: no ComfyUI layout for a {meta['backbone']} editor")
+    return convert[meta["backbone"]](weights), {**meta, "npedit_format": "comfyui_model"}
 
 
 def write_safetensors(weights: dict[str, torch.Tensor], out: str | Path, meta: dict[str, str]) -> Path:
@@ -97,6 +113,9 @@ def read_export(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch
                               "`python -m train_cli export` writes") from None
     if meta.get("npedit_format") == "comfyui_lora":
         raise CheckpointError(f"{path} is a ComfyUI-layout LoRA: load it with ComfyUI's LoRA loader, or export again without --layout comfyui")
+    if meta.get("npedit_format") == "comfyui_model":
+        raise CheckpointError(f"{path} is a ComfyUI diffusion model: load it with ComfyUI's Load Diffusion Model "
+                              "(models/diffusion_models/), or export/convert again without --layout comfyui")
     if meta.get("npedit_format") not in ("lora", "full"):
         raise CheckpointError(f"{path} is not an NP-Edit export (no npedit_format metadata)")
     return weights, meta

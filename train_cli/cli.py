@@ -158,7 +158,7 @@ def cmd_eval(args) -> int:
 def cmd_convert(args) -> int:
     from npedit_core.convert_npedit import convert_npedit_checkpoint
 
-    out = convert_npedit_checkpoint(args.checkpoint, args.out, reference=args.reference, dtype=args.dtype)
+    out = convert_npedit_checkpoint(args.checkpoint, args.out, reference=args.reference, dtype=args.dtype, layout=args.layout)
     print(f"wrote {out}")
     return 0
 
@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["editor", "fake"], default="editor",
                    help="editor: the trained editor (default); fake: the fake score, for the DMD critic")
     p.add_argument("--layout", choices=["npedit", "comfyui"], default="npedit",
-                   help="npedit: for the NP-Edit nodes and `edit` (default); comfyui: a LoRA in the key layout of "
-                        "ComfyUI's own LoRA loader for the base model (LoRA runs only)")
+                   help="npedit: for the NP-Edit nodes and `edit` (default); comfyui: for ComfyUI's own loaders, a LoRA "
+                        "run as a LoRA for LoraLoaderModelOnly, a full fine-tune as a diffusion model for Load "
+                        "Diffusion Model")
     p.set_defaults(func=cmd_export)
 
     p = with_config(sub.add_parser("edit", help="edit images from the command line",
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output .safetensors path")
     p.add_argument("--reference", help="Z-Image diffusers (or transformer/) folder to check against (default: built-in config)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the weights (default: keep the file's)")
+    p.add_argument("--layout", choices=["npedit", "comfyui"], default="npedit",
+                   help="npedit: for `edit` and the pack's loaders (default); comfyui: a diffusion model for ComfyUI's "
+                        "Load Diffusion Model (docs/comfyui.md, core nodes)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("comfyui-install", help="copy the shipped micro-world models and example into a ComfyUI",

@@ -205,6 +205,39 @@ def _diffusers_keys_from_original(state_dict: dict[str, torch.Tensor]) -> dict[s
     return convert_z_image_transformer_checkpoint_to_diffusers(dict(state_dict))
 
 
+#: diffusers -> original key pieces (the inverse of the renames in diffusers' Z-Image converter).
+_TO_ORIGINAL = {
+    "all_final_layer.2-1.": "final_layer.",
+    "all_x_embedder.2-1.": "x_embedder.",
+    ".attention.to_out.0.": ".attention.out.",
+    ".attention.norm_k.weight": ".attention.k_norm.weight",
+    ".attention.norm_q.weight": ".attention.q_norm.weight",
+}
+
+
+def transformer_state_dict_to_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers `ZImageTransformer2DModel` keys -> original Z-Image keys (ComfyUI's `diffusion_models` layout).
+
+    The inverse of diffusers' `convert_z_image_transformer_checkpoint_to_diffusers`: q/k/v fused back into
+    `attention.qkv`, the embedder, final layer, out projection and q/k norms renamed. Adds `norm_final.weight`
+    (ones), the RMSNorm ComfyUI's NextDiT builds and never calls, so its loader reports no missing key.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        if ".attention.to_q." in key:
+            parts = [sd[key.replace(".to_q.", f".to_{n}.")] for n in "qkv"]
+            out[key.replace(".attention.to_q.", ".attention.qkv.")] = torch.cat(parts, dim=0)
+            continue
+        for old, new in _TO_ORIGINAL.items():
+            key = key.replace(old, new)
+        out[key] = value
+    embed = sd["all_x_embedder.2-1.weight"]
+    out.setdefault("norm_final.weight", torch.ones(embed.shape[0], dtype=embed.dtype, device=embed.device))
+    return out
+
+
 def _diffusers_vae_keys(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """BFL/LDM autoencoder keys (`encoder.down.0.block.0...`) -> diffusers keys; diffusers keys pass."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint

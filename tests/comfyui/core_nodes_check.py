@@ -7,7 +7,8 @@ model (built from JOB["config"], since 0.3.75's detection only accepts the full-
 `--layout comfyui` LoRA through core `LoraLoaderModelOnly`, the pack's `NPEditZImageReference` with the reference
 latent, `NPEditSigmas` and `NPEditStepSampler` into core `SamplerCustom` (cfg 1) on an empty latent.
 
-JOB: {"config": unet_config, "base": transformer (diffusers names), "lora_dir", "lora_name" (null: none),
+JOB: {"config": unet_config, "base": transformer (diffusers names, or the original keys of a `--layout comfyui`
+      file), "lora_dir", "lora_name" (null: none),
       "context": caption features file (key "context", (1, L, D)), "reference": file (key "latent": the
       reference as our backbone encodes it, i.e. after the latent format's process_in),
       "batch", "seed", "steps", "shift", "step", "eta", "out": file to write (key "x0", process_in applied)}
@@ -55,7 +56,9 @@ def main(job_path: str) -> None:
     model_config = comfy.supported_models.ZImage(config)
     mapping = {k: (v[len("diffusion_model."):] if isinstance(v, str) else (v[0][len("diffusion_model."):], v[1]))
                for k, v in comfy.utils.z_image_to_diffusers(config, output_prefix="diffusion_model.").items()}
-    base = to_comfy(load_torch_file(job["base"]), mapping)
+    base = load_torch_file(job["base"])
+    if "x_embedder.weight" not in base:  # diffusers names (a LoRA's base); else a full editor in the original keys
+        base = to_comfy(base, mapping)
     model = model_config.get_model({})
     result = model.diffusion_model.load_state_dict(base, strict=False)
     cpu = torch.device("cpu")

@@ -116,3 +116,35 @@ def test_cli_convert(tmp_path, published, capsys):
     assert read_export(out)[0]["x_pad_token"].dtype == torch.float32
     assert main(["convert", str(src), "-o", str(out)]) == 2  # the tiny weights do not fit the real 6B config
     assert "does not fit the Z-Image transformer" in capsys.readouterr().err
+
+
+def test_cli_convert_comfyui_layout_is_the_original_z_image_file(tmp_path, published):
+    """`--layout comfyui`: the original Z-Image keys (what ComfyUI's Load Diffusion Model reads); diffusers' own
+    converter turns them back into exactly the published weights, and our single-file loader takes the file."""
+    import json as _json
+
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    from npedit_core.backbones.z_image import ZImageBackbone as ZB
+    from train_cli.cli import main
+
+    src = tmp_path / "zimage_npedit_internvl.pt"
+    torch.save(published, src)
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(_json.dumps(TINY_TRANSFORMER_CONFIG))
+    out = tmp_path / "npedit_zimage_comfyui.safetensors"
+    assert main(["convert", str(src), "-o", str(out), "--reference", str(tmp_path), "--layout", "comfyui"]) == 0
+    original = load_file(str(out))
+    assert "layers.0.attention.qkv.weight" in original and "x_embedder.weight" in original
+    assert not any(".to_q." in k or k.startswith("all_") for k in original)
+    assert torch.equal(original["norm_final.weight"], torch.ones(TINY_TRANSFORMER_CONFIG["dim"], dtype=torch.bfloat16))
+    back = convert_z_image_transformer_checkpoint_to_diffusers(dict(original))
+    assert set(back) == {k[len("transformer."):] for k in published}
+    for key, value in published.items():
+        assert torch.equal(back[key[len("transformer."):]], value), key
+    model = ZB._load_transformer_file(out, torch.float32, dict(TINY_TRANSFORMER_CONFIG))
+    assert torch.equal(model.state_dict()["layers.1.attention.to_v.weight"],
+                       published["transformer.layers.1.attention.to_v.weight"].float())
+    with pytest.raises(CheckpointError, match="Load Diffusion Model"):
+        read_export(out)  # not an NP-Edit export: the pack's loader says where it goes

@@ -55,3 +55,20 @@ def test_z_image_keeps_diffusers_names_under_diffusion_model():
 def test_incomplete_lora_is_an_error():
     with pytest.raises(NPEditError, match="lora_A only"):
         to_comfyui_lora({"x.lora_A.weight": torch.ones(1, 1)}, "z_image", 1.0)
+
+
+@pytest.mark.parametrize("family", ["z_image", "flux2_klein"])
+def test_full_run_comfyui_export_is_a_diffusion_model_in_original_keys(tmp_path, family):
+    """`export --layout comfyui` of a full fine-tune: the family's original keys (BFL for FLUX.2, Z-Image's own)."""
+    from safetensors.torch import load_file
+
+    from npedit_core.backbones.z_image import ZImageBackbone, transformer_state_dict_to_original
+    from tests.core.exports import write_exports
+
+    cls = ZImageBackbone if family == "z_image" else Flux2KleinBackbone
+    exports = write_exports(cls.tiny(seed=0), tmp_path, lora=False, comfyui=True)
+    full = load_file(str(exports["editor"]))
+    to_original = transformer_state_dict_to_original if family == "z_image" else transformer_state_dict_to_bfl
+    written = load_file(str(exports["editor_comfyui"]))
+    expected = to_original(full)
+    assert set(written) == set(expected) and all(torch.equal(written[k], expected[k]) for k in expected)
