@@ -18,6 +18,9 @@ INPUTS = {
     "NPEditSelectBest": ["judge", "reference", "candidates", "instruction", "edit_type", "object"],
     "NPEditRefine": ["critic", "reference", "edited", "instruction", "edit_type", "object", "caption", "steps", "lr",
                      "w_vlm", "w_dmd", "seed", "judge", "mask"],
+    "NPEditSigmas": ["steps", "shift"],
+    "NPEditStepSampler": ["step", "eta"],
+    "NPEditZImageReference": ["model", "reference"],
 }
 
 

@@ -1,7 +1,8 @@
 """A small fake of the ComfyUI 0.3.75 modules the pack imports, for fast node-contract tests.
 
 Faked: `comfy_api.latest` (io, ui, ComfyExtension), `comfy.model_management`, `comfy.utils`,
-`comfy.cli_args` and `folder_paths`. Constructors take exactly the keyword arguments of 0.3.75
+`comfy.cli_args`, `folder_paths`, and what the core-sampling nodes use of `comfy.samplers` (KSAMPLER),
+`comfy.patcher_extension` and `comfy.ldm.common_dit`. Constructors take exactly the keyword arguments of 0.3.75
 (`comfy_api/latest/_io.py`), so a misspelt or newer-only argument fails here as it would in ComfyUI;
 `node_info(cls)` renders a schema the way /object_info does (V1 layout), which the workflow tests use.
 The real-ComfyUI tier (tests/comfyui) checks the same contracts against the real modules.
@@ -185,6 +186,7 @@ io.Input, io.WidgetInput, io.Output = Input, WidgetInput, Output
 io.Image, io.Mask, io.Latent = _type("IMAGE"), _type("MASK"), _type("LATENT")
 io.Int, io.Float, io.String = _type("INT", _IntInput), _type("FLOAT", _FloatInput), _type("STRING", _StringInput)
 io.Boolean, io.Combo = _type("BOOLEAN", _BooleanInput), _type("COMBO", _ComboInput)
+io.Model, io.Sigmas, io.Sampler = _type("MODEL"), _type("SIGMAS"), _type("SAMPLER")
 
 
 class PreviewText:
@@ -329,9 +331,32 @@ def make_folder_paths(models_dir: Path) -> types.ModuleType:
     return fp
 
 
+# --- comfy.samplers, comfy.patcher_extension, comfy.ldm.common_dit (what nodes/core_sampling.py uses) ----------
+class KSAMPLER:
+    def __init__(self, sampler_function, extra_options={}, inpaint_options={}):  # noqa: B006 (0.3.75's signature)
+        self.sampler_function, self.extra_options, self.inpaint_options = sampler_function, extra_options, inpaint_options
+
+
+samplers = types.ModuleType("comfy.samplers")
+samplers.KSAMPLER = KSAMPLER
+patcher_extension = types.ModuleType("comfy.patcher_extension")
+patcher_extension.WrappersMP = types.SimpleNamespace(DIFFUSION_MODEL="diffusion_model")
+ldm = types.ModuleType("comfy.ldm")
+common_dit = types.ModuleType("comfy.ldm.common_dit")
+
+
+def pad_to_patch_size(img, patch_size=(2, 2), padding_mode="circular"):
+    pad = [(patch_size[i] - img.shape[-(2 - i)] % patch_size[i]) % patch_size[i] for i in range(2)]
+    return torch.nn.functional.pad(img, (0, pad[1], 0, pad[0]), mode=padding_mode)
+
+
+common_dit.pad_to_patch_size = pad_to_patch_size
+ldm.common_dit = common_dit
+
+
 # --- installing -------------------------------------------------------------------------------------
 FAKED = ("comfy_api", "comfy_api.latest", "comfy", "comfy.model_management", "comfy.utils", "comfy.cli_args",
-         "folder_paths")
+         "folder_paths", "comfy.samplers", "comfy.patcher_extension", "comfy.ldm", "comfy.ldm.common_dit")
 
 
 def install(models_dir: Path) -> dict:
@@ -342,7 +367,9 @@ def install(models_dir: Path) -> dict:
     comfy_api.latest = latest
     comfy = types.ModuleType("comfy")
     comfy.model_management, comfy.utils, comfy.cli_args = mm, utils, cli_args
-    modules = dict(zip(FAKED, (comfy_api, latest, comfy, mm, utils, cli_args, make_folder_paths(models_dir))))
+    comfy.samplers, comfy.patcher_extension, comfy.ldm = samplers, patcher_extension, ldm
+    modules = dict(zip(FAKED, (comfy_api, latest, comfy, mm, utils, cli_args, make_folder_paths(models_dir), samplers,
+                               patcher_extension, ldm, common_dit)))
     saved = {name: sys.modules.get(name) for name in FAKED}
     sys.modules.update(modules)
     return saved

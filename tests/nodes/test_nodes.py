@@ -188,3 +188,44 @@ def test_refine_keeps_the_size_and_reports_the_objective(pack, models, image, st
     with pytest.raises(pack.npedit_core.errors.NPEditError, match="judge: w_vlm > 0 needs a judge"):
         run(pack, "NPEditRefine", critic=critic, reference=image, edited=image, instruction="x", edit_type="other",
             object="", caption="a cat", steps=1, lr=0.02, w_vlm=0.5, w_dmd=1.0, seed=0)
+
+
+def test_sigmas_node_is_the_editor_schedule_ending_at_zero(pack):
+    (sigmas,) = run(pack, "NPEditSigmas", steps=4, shift=6.0).args
+    assert sigmas.dtype == torch.float32
+    assert [round(float(s), 4) for s in sigmas] == [1.0, 0.9474, 0.8571, 0.6667, 0.0]
+
+
+@pytest.mark.parametrize("step", ["renoise", "ddim"])
+def test_step_sampler_is_our_sampler_given_comfyuis_starting_noise(pack, models, step):
+    """The SAMPLER's function, fed what ComfyUI feeds it (x = its seeded starting noise, a model returning x0,
+    extra_args["seed"]), ends where our `denoise` ends with the NP-Edit Sampler's noise stream."""
+    from npedit_core.sampler import SeededNoise, denoise, edit_schedule
+
+    editor, _, _ = models
+    ref = torch.randn(1, 16, 6, 4, generator=torch.Generator().manual_seed(3))
+    text = editor.encode_text(["make it blue"])
+    (sigmas,) = run(pack, "NPEditSigmas", steps=4, shift=6.0).args
+    (sampler,) = run(pack, "NPEditStepSampler", step=step, eta=1.0).args
+    seed, stream = 11, SeededNoise([11])
+    start = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed))  # comfy.sample.prepare_noise
+    with torch.no_grad():
+        ours = denoise(editor, stream(ref), edit_schedule(4, 6.0), text, ref, eta=1.0, renoise=stream, step=step)
+
+        def model(x, sigma, **_):  # ComfyUI's denoised for a flow model: x - sigma * v
+            return x - sigma.view(-1, 1, 1, 1) * editor.velocity(x, sigma, text, ref)
+
+        seen = []
+        theirs = sampler.sampler_function(model, start, sigmas, extra_args={"seed": seed},
+                                          callback=lambda d: seen.append(d["i"]), **sampler.extra_options)
+    assert seen == [0, 1, 2, 3]
+    assert torch.allclose(theirs, ours, atol=1e-5), float((theirs - ours).abs().max())
+
+
+def test_z_image_reference_refuses_another_model_in_one_line(pack):
+    class Patcher:  # what ComfyUI's loaders give, around a FLUX model
+        def get_model_object(self, name):
+            return torch.nn.Linear(1, 1) if name == "diffusion_model" else None
+
+    with pytest.raises(Exception, match=r"the model is a Linear, not Z-Image; load a Z-Image diffusion model"):
+        run(pack, "NPEditZImageReference", model=Patcher(), reference={"samples": torch.zeros(1, 16, 4, 4)})

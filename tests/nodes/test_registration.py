@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_IDS = {
     "NPEditLoadEditor", "NPEditLoadJudge", "NPEditLoadCritic", "NPEditSampler",
     "NPEditVLMScore", "NPEditDMDCritic", "NPEditSelectBest", "NPEditRefine",
+    "NPEditSigmas", "NPEditStepSampler", "NPEditZImageReference",
 }
 
 

@@ -13,9 +13,10 @@ def object_info(pack):
     return {**CORE_NODES, **{info["name"]: info for info in map(node_info, pack.node_list)}}
 
 
-def test_the_five_workflows_exist_in_both_formats():
+def test_the_example_workflows_exist_in_both_formats():
     names = {ui.stem for ui, _ in pairs()}
-    assert names == {"edit", "edit_score", "best_of_n", "edit_refine", "microworld_edit"}
+    assert names == {"edit", "edit_score", "best_of_n", "edit_refine", "microworld_edit", "zimage_core_nodes_edit",
+                     "core_editor_best_of_n"}
     assert {p.stem for p in WORKFLOWS.glob("*.json")} == names  # no UI file without its API copy
 
 
