@@ -64,6 +64,9 @@ def sample_npedit(model, x, sigmas, extra_args=None, callback=None, disable=None
         x0 = model(x, sigmas[i] * ones, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x0})
+        if s <= 0:  # a schedule that repeats its final 0: nothing left to denoise
+            x = x0
+            continue
         x = next_latent(x, x0, (x - x0) / s, s, s_next, step, eta, fresh)
     return x
 
