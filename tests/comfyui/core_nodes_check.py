@@ -11,7 +11,9 @@ JOB: {"config": unet_config, "base": transformer (diffusers names, or the origin
       file), "lora_dir", "lora_name" (null: none),
       "context": caption features file (key "context", (1, L, D)), "reference": file (key "latent": the
       reference as our backbone encodes it, i.e. after the latent format's process_in),
-      "batch", "seed", "steps", "shift", "step", "eta", "out": file to write (key "x0", process_in applied)}
+      "batch", "seed", "steps", "shift", "step", "eta", "out": file to write (key "x0", process_in applied),
+      optionally "judge" (a judge folder), "vae" (a diffusers AutoencoderKL folder), "image" (file, key "image": the
+      input as a ComfyUI IMAGE) and "instruction": then the batch is decoded and NP-Edit Select Best picks from it}
 """
 
 import importlib
@@ -34,7 +36,27 @@ def import_pack():
     folder = Path(tempfile.mkdtemp())
     (folder / "npedit_pack").symlink_to(PACK, target_is_directory=True)
     sys.path.insert(0, str(folder))
-    return importlib.import_module("npedit_pack.nodes.core_sampling")
+    return importlib.import_module("npedit_pack")
+
+
+def select_best(pack, job: dict, latents: torch.Tensor) -> dict:
+    """Decode the core sampler's batch (as VAE Decode does: process_out latents through the VAE) and run the pack's
+    NP-Edit Select Best on it against the reference image, with the judge its loader would give."""
+    from diffusers import AutoencoderKL
+
+    importlib.import_module("npedit_pack.nodes.scoring")
+    vae = AutoencoderKL.from_pretrained(job["vae"]).eval()
+    with torch.no_grad():
+        images = (vae.decode(latents).sample / 2 + 0.5).clamp(0, 1).movedim(1, -1).contiguous()  # a ComfyUI IMAGE
+    from comfy.utils import load_torch_file
+
+    reference = load_torch_file(job["image"])["image"]  # the input image, a ComfyUI IMAGE (1, H, W, 3)
+    judge = pack.npedit_core.models.load_judge(job["judge"], "auto", "float32")
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        out = pack.nodes.scoring.NPEditSelectBest.execute(judge, reference, images, job["instruction"], "color", "")
+    best, index, score, report = out.result
+    return {"index": index, "score": score, "report": report, "best_is_candidate": bool(torch.equal(best, images[index:index + 1])),
+            "candidates": list(images.shape), "distinct": not torch.equal(images[0], images[1])}
 
 
 def main(job_path: str) -> None:
@@ -50,7 +72,8 @@ def main(job_path: str) -> None:
     from comfy.utils import load_torch_file
     from comfy_extras.nodes_custom_sampler import SamplerCustom
 
-    core_sampling = import_pack()
+    pack = import_pack()
+    core_sampling = importlib.import_module("npedit_pack.nodes.core_sampling")
     job = json.loads(Path(job_path).read_text())
     config = {"image_model": "lumina2", **job["config"]}
     model_config = comfy.supported_models.ZImage(config)
@@ -77,8 +100,11 @@ def main(job_path: str) -> None:
     empty = {"samples": torch.zeros(job["batch"], 16, *reference.shape[2:])}
     out, _ = SamplerCustom.execute(patched, True, job["seed"], 1.0, cond, cond, sampler, sigmas, empty).result
     comfy.utils.save_torch_file({"x0": latent_format.process_in(out["samples"]).contiguous()}, job["out"])
-    print(json.dumps({"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys),
-                      "sigmas": [round(float(s), 6) for s in sigmas], "patches": len(patcher.patches)}))
+    report = {"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys),
+              "sigmas": [round(float(s), 6) for s in sigmas], "patches": len(patcher.patches)}
+    if job.get("judge"):
+        report["select_best"] = select_best(pack, job, out["samples"])
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -64,9 +64,13 @@ def run_check(comfyui, tmp_path, job) -> tuple[dict, torch.Tensor]:
     return json.loads(run.stdout.strip().splitlines()[-1]), load_file(job["out"])["x0"]
 
 
-def edit_both(comfyui, tmp_path, editor, base: Path, lora: Path | None, step: str):
-    """(ComfyUI's report, its x0, our x0, max difference) of one edit with the same inputs on both sides."""
+def edit_both(comfyui, tmp_path, editor, base: Path, lora: Path | None, step: str, **extra):
+    """(ComfyUI's report, max difference of the first item's latents, their scale) of one edit, same inputs both sides.
+
+    `extra` job keys (e.g. a batch and a judge) go to the check as they are.
+    """
     image = torch.rand(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
+    save_file({"image": image.movedim(1, -1).contiguous()}, str(tmp_path / "image.safetensors"))
     reference = editor.encode_images(image)  # (1, 16, 12, 8): a 6 x 4 token grid, not square
     text = editor.encode_text(["make the sky pink"])
     save_file({"latent": reference.contiguous()}, str(tmp_path / "reference.safetensors"))
@@ -79,8 +83,10 @@ def edit_both(comfyui, tmp_path, editor, base: Path, lora: Path | None, step: st
     job = {"config": comfy_config(), "base": str(base), "lora_dir": str(lora.parent) if lora else None,
            "lora_name": lora.name if lora else None, "context": str(tmp_path / "context.safetensors"),
            "reference": str(tmp_path / "reference.safetensors"), "batch": 1, "seed": seed, "steps": steps,
-           "shift": shift, "step": step, "eta": eta, "out": str(tmp_path / f"comfy-{step}.safetensors")}
+           "shift": shift, "step": step, "eta": eta, "out": str(tmp_path / f"comfy-{step}.safetensors"),
+           "image": str(tmp_path / "image.safetensors"), **extra}
     report, theirs = run_check(comfyui, tmp_path, job)
+    theirs = theirs[:1]  # batch item 0 has our seed's noise
     diff = float((theirs - ours).abs().max())
     print(step, report, f"max |ComfyUI - ours| {diff:.3g} (latents up to {float(ours.abs().max()):.3g})")
     assert report["sigmas"] == [1.0, 0.947368, 0.857143, 0.666667, 0.0]
@@ -110,6 +116,27 @@ def test_converted_full_editor_in_core_nodes_equals_our_sampler(comfyui, tmp_pat
     editor = load_published_editor(backbone(), tmp_path / "zimage_npedit_internvl.pt")
     report, diff, scale = edit_both(comfyui, tmp_path, editor, out, None, "ddim")
     assert report["missing"] == [] and report["unexpected"] == [] and report["patches"] == 0
+    assert diff < 1e-4 * max(1.0, scale)
+
+
+def test_select_best_picks_from_a_core_sampler_batch(comfyui, tmp_path, tiny_models):
+    """Best-of-N on a core editor's output: a batch of 3 from core SamplerCustom on ComfyUI's model, decoded, judged
+    by the pack's Select Best inside ComfyUI's Python; item 0 is still our sampler's edit."""
+    exports = write_exports(backbone(), tmp_path / "exports", comfyui=True)
+    editor = load_editor(backbone(), exports["editor"])
+    save_file({k: v.contiguous() for k, v in backbone().transformer.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    editor.vae.save_pretrained(str(tmp_path / "vae"))
+    models, names = tiny_models
+    judge = models / "LLM" / names["judge"].rstrip("/")
+    report, diff, scale = edit_both(comfyui, tmp_path, editor, tmp_path / "base.safetensors", exports["editor_comfyui"],
+                                    "renoise", batch=3, judge=str(judge), vae=str(tmp_path / "vae"),
+                                    instruction="make the sky pink")
+    best = report["select_best"]
+    assert best["candidates"] == [3, 96, 64, 3] and best["distinct"]  # each item its own noise
+    assert best["best_is_candidate"] and 0 <= best["index"] < 3
+    lines = best["report"].splitlines()
+    assert lines[0] == f"best: #{best['index']}" and [line[:2] for line in lines[1:]] == ["#0", "#1", "#2"]
+    assert 0 < best["score"] < 1
     assert diff < 1e-4 * max(1.0, scale)
 
 
