@@ -27,8 +27,8 @@ The shipped teacher is this build (3000 steps) trained on with `--resume-from` f
 from seed + the number of builds it continues. 12000 more steps at lr 5e-4 on 20000 fresh scenes reached 0.45
 (shapes 0.62; `--resume-from weights/teacher --steps 12000 --n-data 20000 --lr 5e-4`, 47 min on one thread), but
 the warm-up rebuilt on it copied no better (preservation 0.871, 26.5 dB against 0.899, 28.0) nor the NP-Edit
-editor on that (success 0.18, scene right 0.02 against 0.16, 0.06), so it is not shipped. `--size 96` (6x6 tokens, which tile the 3x3
-grid) was tried: 0.06 after 3000 steps, against 0.17 at 64 px.
+editor on that (success 0.18, scene right 0.02 against 0.16, 0.06), so it is not shipped. `--size 96` (6x6
+tokens, which tile the 3x3 grid) was tried: 0.06 after 3000 steps, against 0.17 at 64 px.
 """
 
 from __future__ import annotations

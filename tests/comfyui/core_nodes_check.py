@@ -5,7 +5,8 @@
 The graph a user builds, node by node (each node's own `execute`, the server is not involved): ComfyUI's Z-Image
 model (built from JOB["config"], since 0.3.75's detection only accepts the full-size dim 3840), our
 `--layout comfyui` LoRA through core `LoraLoaderModelOnly`, the pack's `NPEditZImageReference` with the reference
-latent, `NPEditSigmas` and `NPEditStepSampler` into core `SamplerCustom` (cfg 1) on an empty latent.
+latent, `NPEditSigmas` and `NPEditStepSampler` into core `SamplerCustom` (cfg 1) on an empty latent of the
+reference's size.
 
 JOB: {"config": unet_config, "base": transformer (diffusers names, or the original keys of a `--layout comfyui`
       file), "lora_dir", "lora_name" (null: none),
@@ -55,8 +56,9 @@ def select_best(pack, job: dict, latents: torch.Tensor) -> dict:
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         out = pack.nodes.scoring.NPEditSelectBest.execute(judge, reference, images, job["instruction"], "color", "")
     best, index, score, report = out.result
-    return {"index": index, "score": score, "report": report, "best_is_candidate": bool(torch.equal(best, images[index:index + 1])),
-            "candidates": list(images.shape), "distinct": not torch.equal(images[0], images[1])}
+    return {"index": index, "score": score, "report": report, "candidates": list(images.shape),
+            "best_is_candidate": torch.equal(best, images[index:index + 1]),
+            "distinct": not torch.equal(images[0], images[1])}
 
 
 def main(job_path: str) -> None:

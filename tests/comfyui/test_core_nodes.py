@@ -3,8 +3,8 @@
 Both sides get the same base weights, the same `--layout comfyui` LoRA, caption features, reference latent and
 seed: ours is `npedit_core.sampler.denoise` as `edit_images` runs it; ComfyUI's is `core_nodes_check.py` in the
 tier's own Python. The same for a full editor converted with `convert --layout comfyui`, whose full-size layout
-ComfyUI's own detection must take (`unet_check.py`). The model is a Z-Image of dim 1024 (ComfyUI's timestep MLP is min(dim, 1024) wide where
-diffusers' is 1024: below that the two classes differ in shape), 1 layer of each kind.
+ComfyUI's own detection must take (`unet_check.py`). The model is a Z-Image of dim 1024 (ComfyUI's timestep MLP
+is min(dim, 1024) wide where diffusers' is 1024: below that the two classes differ in shape), 1 layer of each kind.
 """
 
 import json
