@@ -19,6 +19,7 @@ from npedit_core.backbones.z_image import TINY_TRANSFORMER_CONFIG, ZImageBackbon
 from npedit_core.convert_npedit import convert_npedit_checkpoint, load_published_editor, reference_shapes
 from npedit_core.export import load_editor
 from npedit_core.sampler import SeededNoise, denoise, edit_schedule
+from tests.comfyui.test_lora_loader import z_image_unet_config
 from tests.core.exports import write_exports
 
 CHECK = Path(__file__).with_name("core_nodes_check.py")
@@ -42,15 +43,6 @@ def backbone(seed: int = 0) -> ZImageBackbone:
                 if "adaLN" in name or "final_layer" in name:
                     p.normal_(0.0, 0.02)
     return ZImageBackbone(transformer, tiny.vae, tiny.text_encoder, tiny.tokenizer)
-
-
-def comfy_config() -> dict:
-    c = CONFIG
-    return {"patch_size": 2, "in_channels": c["in_channels"], "dim": c["dim"], "n_layers": c["n_layers"],
-            "n_refiner_layers": c["n_refiner_layers"], "n_heads": c["n_heads"], "n_kv_heads": c["n_kv_heads"],
-            "cap_feat_dim": c["cap_feat_dim"], "axes_dims": c["axes_dims"], "axes_lens": c["axes_lens"],
-            "qk_norm": True, "rope_theta": c["rope_theta"], "ffn_dim_multiplier": 8.0 / 3.0, "multiple_of": 1,
-            "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}  # as detection sets them
 
 
 def run_check(comfyui, tmp_path, job) -> tuple[dict, torch.Tensor]:
@@ -80,7 +72,7 @@ def edit_both(comfyui, tmp_path, editor, base: Path, lora: Path | None, step: st
     with torch.no_grad():
         ours = denoise(editor, noise(reference), edit_schedule(steps, shift), text, reference, eta=eta,
                        renoise=noise, step=step)
-    job = {"config": comfy_config(), "base": str(base), "lora_dir": str(lora.parent) if lora else None,
+    job = {"config": z_image_unet_config(CONFIG), "base": str(base), "lora_dir": str(lora.parent) if lora else None,
            "lora_name": lora.name if lora else None, "context": str(tmp_path / "context.safetensors"),
            "reference": str(tmp_path / "reference.safetensors"), "batch": 1, "seed": seed, "steps": steps,
            "shift": shift, "step": step, "eta": eta, "out": str(tmp_path / f"comfy-{step}.safetensors"),

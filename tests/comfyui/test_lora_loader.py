@@ -33,16 +33,20 @@ def merged_weights(backbone) -> dict[str, torch.Tensor]:
             if "lora_" not in k}
 
 
-def comfy_config(family: str, transformer) -> dict:
-    if family == "flux2_klein":
-        c = transformer.config
-        return {"num_heads": c.num_attention_heads, "axes_dim": list(c.axes_dims_rope)}
-    c = TINY_TRANSFORMER_CONFIG
+def z_image_unet_config(c: dict) -> dict:
+    """ComfyUI's unet_config for a diffusers Z-Image transformer config `c`, with the values its detection sets."""
     return {"patch_size": 2, "in_channels": c["in_channels"], "dim": c["dim"], "n_layers": c["n_layers"],
             "n_refiner_layers": c["n_refiner_layers"], "n_heads": c["n_heads"], "n_kv_heads": c["n_kv_heads"],
             "cap_feat_dim": c["cap_feat_dim"], "axes_dims": c["axes_dims"], "axes_lens": c["axes_lens"],
             "qk_norm": True, "rope_theta": c["rope_theta"], "ffn_dim_multiplier": 8.0 / 3.0, "multiple_of": 1,
-            "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}  # as detection sets them
+            "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}
+
+
+def comfy_config(family: str, transformer) -> dict:
+    if family == "flux2_klein":
+        c = transformer.config
+        return {"num_heads": c.num_attention_heads, "axes_dim": list(c.axes_dims_rope)}
+    return z_image_unet_config(TINY_TRANSFORMER_CONFIG)
 
 
 @pytest.mark.parametrize("family", ["flux2_klein", "z_image"])
