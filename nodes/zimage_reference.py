@@ -84,7 +84,8 @@ def forward(model, x, timesteps, context, reference, attention_mask=None, transf
     img, extra = _pad(torch.cat([_patch_tokens(model, reference), _patch_tokens(model, x)], dim=1), model.x_pad_token, multiple)
     img_pos = torch.cat([_grid(hr, wr, lp + 1, device), _grid(ht, wt, lp + 2, device),
                          torch.zeros(extra, 3, dtype=torch.float32, device=device)])
-    freqs = model.rope_embedder(torch.cat([cap_pos, img_pos]).unsqueeze(0).expand(bs, -1, -1)).movedim(1, 2)
+    # one set of positions for the whole batch: RoPE broadcasts over it
+    freqs = model.rope_embedder(torch.cat([cap_pos, img_pos]).unsqueeze(0)).movedim(1, 2)
     clean = torch.zeros(1, lp + img.shape[1], 1, dtype=torch.bool, device=device)
     clean[:, lp:lp + n_ref] = True
 

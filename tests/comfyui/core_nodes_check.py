@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lora_check import to_comfy  # noqa: E402  (this folder's helper: diffusers -> ComfyUI Z-Image names)
+from lora_check import to_comfy, z_image_mapping  # noqa: E402  (this folder's: diffusers -> ComfyUI Z-Image names)
 
 PACK = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def select_best(pack, job: dict, latents: torch.Tensor) -> dict:
     NP-Edit Select Best on it against the reference image, with the judge its loader would give."""
     from diffusers import AutoencoderKL
 
-    importlib.import_module("npedit_pack.nodes.scoring")
+    scoring = importlib.import_module("npedit_pack.nodes.scoring")
     vae = AutoencoderKL.from_pretrained(job["vae"]).eval()
     with torch.no_grad():
         images = (vae.decode(latents).sample / 2 + 0.5).clamp(0, 1).movedim(1, -1).contiguous()  # a ComfyUI IMAGE
@@ -54,7 +54,7 @@ def select_best(pack, job: dict, latents: torch.Tensor) -> dict:
     reference = load_torch_file(job["image"])["image"]  # the input image, a ComfyUI IMAGE (1, H, W, 3)
     judge = pack.npedit_core.models.load_judge(job["judge"], "auto", "float32")
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        out = pack.nodes.scoring.NPEditSelectBest.execute(judge, reference, images, job["instruction"], "color", "")
+        out = scoring.NPEditSelectBest.execute(judge, reference, images, job["instruction"], "color", "")
     best, index, score, report = out.result
     return {"index": index, "score": score, "report": report, "candidates": list(images.shape),
             "best_is_candidate": torch.equal(best, images[index:index + 1]),
@@ -79,11 +79,9 @@ def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     config = {"image_model": "lumina2", **job["config"]}
     model_config = comfy.supported_models.ZImage(config)
-    mapping = {k: (v[len("diffusion_model."):] if isinstance(v, str) else (v[0][len("diffusion_model."):], v[1]))
-               for k, v in comfy.utils.z_image_to_diffusers(config, output_prefix="diffusion_model.").items()}
     base = load_torch_file(job["base"])
     if "x_embedder.weight" not in base:  # diffusers names (a LoRA's base); else a full editor in the original keys
-        base = to_comfy(base, mapping)
+        base = to_comfy(base, z_image_mapping(config))
     model = model_config.get_model({})
     result = model.diffusion_model.load_state_dict(base, strict=False)
     cpu = torch.device("cpu")

@@ -46,6 +46,15 @@ def to_comfy(sd: dict, mapping: dict) -> dict:
     return out
 
 
+def z_image_mapping(config: dict) -> dict:
+    """ComfyUI's own diffusers -> ComfyUI Z-Image key table (`z_image_to_diffusers`), without its model prefix."""
+    import comfy.utils
+
+    prefix = "diffusion_model."
+    return {k: (v[len(prefix):] if isinstance(v, str) else (v[0][len(prefix):], v[1]))
+            for k, v in comfy.utils.z_image_to_diffusers(config, output_prefix=prefix).items()}
+
+
 def main(job_path: str) -> None:
     sys.path.insert(0, os.getcwd())  # the ComfyUI tree (a script's own folder is what Python puts first)
     import comfy.cli_args
@@ -68,8 +77,7 @@ def main(job_path: str) -> None:
     else:
         config = {"image_model": "lumina2", **job["config"]}
         model_config = comfy.supported_models.ZImage(config)
-        mapping = {k: (v[len("diffusion_model."):] if isinstance(v, str) else (v[0][len("diffusion_model."):], v[1]))
-                   for k, v in comfy.utils.z_image_to_diffusers(config, output_prefix="diffusion_model.").items()}
+        mapping = z_image_mapping(config)
         base, merged = to_comfy(base, mapping), to_comfy(merged, mapping)
     model = model_config.get_model({})
     # At a small dim the timestep MLP's width differs (diffusers' Z-Image fixes 1024, ComfyUI takes min(dim, 1024));
