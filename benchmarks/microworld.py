@@ -41,8 +41,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, evals, log=print, threads: int = 0,
-        quiet: bool = False) -> dict:
-    """One row x seed: the warm-up row is the NP-Edit trainer at 0 steps (the shipped warm-up editor).
+        quiet: bool = False, warmup: Path = WARMUP_FILE) -> dict:
+    """One row x seed: the warm-up row is the NP-Edit trainer at 0 steps (the warm-up editor `warmup`).
 
     `quiet` hides the trainer's progress bar (parallel runs' bars interleave unreadably); errors still raise.
     """
@@ -52,7 +52,8 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
     variant = "npedit" if variant == "warmup" else variant
     started = time.perf_counter()
     # the warm-up row builds the trainer like the others (configs need train.steps >= 1) and does not train
-    trainer = make_trainer(variant, work / f"{label}-s{seed}", manifest, items, max(steps, 1), seed, log=lambda *a: None)
+    trainer = make_trainer(variant, work / f"{label}-s{seed}", manifest, items, max(steps, 1), seed, init_from=warmup,
+                           log=lambda *a: None)
     if steps:
         with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
             trainer.run()
@@ -130,7 +131,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default; 1 with --jobs)")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each")
+    ap.add_argument("--warmup", default=str(WARMUP_FILE), help="the warm-up editor every row starts from")
     a = ap.parse_args(argv)
+    warmup = Path(a.warmup).resolve()
+    if not warmup.is_file():
+        ap.error(f"--warmup: {a.warmup} is not a file")
     if a.threads:
         torch.set_num_threads(a.threads)
     work, out = Path(a.work), Path(a.out)
@@ -151,17 +156,18 @@ def main(argv=None) -> None:
         summary = summarise(runs)
         json_path.write_text(json.dumps({
             "steps": a.steps, "seeds": a.seeds, "eval_examples": len(evals), "n_train": a.n_train,
-            "warmup_file": str(WARMUP_FILE.relative_to(ROOT)), "torch_threads": threads, "jobs": a.jobs,
+            "warmup_file": str(warmup.relative_to(ROOT) if warmup.is_relative_to(ROOT) else warmup.name),
+            "torch_threads": threads, "jobs": a.jobs,
             "world": world, "summary": summary, "runs": [{k: v for k, v in x.items() if k != "outputs"} for x in runs]}, indent=2))
         (out / "microworld.md").write_text(markdown(summary, a.steps, len(evals), world))
 
     if a.jobs <= 1:
         for v, seed, steps in jobs:
-            record(run(v, seed, steps, work, manifest, items, evals))
+            record(run(v, seed, steps, work, manifest, items, evals, warmup=warmup))
     else:  # one process per run (the models are tiny: one CPU thread each uses the cores best)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(run, v, seed, steps, work, manifest, items, evals, print, threads, True)
+            futures = [pool.submit(run, v, seed, steps, work, manifest, items, evals, print, threads, True, warmup)
                        for v, seed, steps in jobs]
             failed = []
             for future in as_completed(futures):  # one failed run does not lose the others

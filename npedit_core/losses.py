@@ -186,17 +186,27 @@ def warmup_loss(
     shift: float = 6.0,
     generator: torch.Generator | None = None,
     times: str = "uniform",
+    t2i_share: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Reference-copy flow matching (method.md 3): the target x0 is the reference itself.
 
     editor(x_t, t, text, reference) -> v; text is the reference caption c_y. Teaches the reference
     pathway before NP-Edit proper. Loss = mean over samples of weight(t) x per-sample MSE (`warmup_times`).
+    The first round(t2i_share x B) samples are trained text-to-image instead (reference None: the image
+    from its caption alone), so that the copy does not erode the text pathway edits need.
     """
     x0 = reference.detach()
     t, weight = warmup_times(x0.shape[0], shift, times, x0.device, generator)
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     tb = t.view(-1, *[1] * (x0.ndim - 1)).to(x0.dtype)
     x_t = (1 - tb) * x0 + tb * eps
-    per_sample = (editor(x_t, t, text, x0).float() - (eps - x0).float()).square().flatten(1).mean(1)
+    n = round(t2i_share * x0.shape[0])
+    v = [editor(x_t[:n], t[:n], text.index(slice(0, n)), None)] if n else []
+    if n < x0.shape[0]:
+        v.append(editor(x_t[n:], t[n:], text.index(slice(n, None)), x0[n:]))
+    per_sample = (torch.cat(v).float() - (eps - x0).float()).square().flatten(1).mean(1)
     loss = (weight * per_sample).mean()
-    return loss, {"warmup_loss": loss.item(), "warmup_t_mean": t.mean().item()}
+    logs = {"warmup_loss": loss.item(), "warmup_t_mean": t.mean().item()}
+    if n:
+        logs["warmup_t2i_loss"] = (weight[:n] * per_sample[:n]).mean().item()
+    return loss, logs

@@ -199,7 +199,8 @@ class Trainer:
         draw = random.Random(cfg.train.seed * 1_000_033 + self.step) if self.fsdp else random
         if not self.npedit:
             text = self.text(self._drop_text(batch["source_captions"], draw), dev)
-            loss, logs = warmup_loss(self.roles.editor, reference, text, cfg.sampler.shift, times=cfg.loss.warmup_times)
+            loss, logs = warmup_loss(self.roles.editor, reference, text, cfg.sampler.shift, times=cfg.loss.warmup_times,
+                                     t2i_share=cfg.loss.warmup_t2i_share)
             return loss, logs
 
         b = images.shape[0]

@@ -133,3 +133,22 @@ def test_do_nothing_and_warmup_targets_are_the_reference():
     perfect = lambda x_t, t, text, r: (x_t - r) / t.view(-1, 1, 1, 1)  # noqa: E731
     loss, logs = warmup_loss(perfect, ref, TextEmbeds(torch.zeros(2, 1, 1)))
     assert loss.item() < 1e-8 and 0 < logs["warmup_t_mean"] < 1
+
+
+def test_warmup_t2i_share_trains_the_first_rows_without_the_reference():
+    ref = torch.randn(4, 3, 4, 4)
+    text = TextEmbeds(torch.arange(4.0).view(4, 1, 1))
+    calls = []
+
+    def editor(x_t, t, txt, r):  # exact on the copy rows; a constant on text-to-image rows
+        calls.append((txt.embeds.flatten().tolist(), None if r is None else r.shape[0]))
+        return torch.zeros_like(x_t) if r is None else (x_t - r) / t.view(-1, 1, 1, 1)
+
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    loss, logs = warmup_loss(editor, ref, text, generator=gen(), t2i_share=0.5)
+    assert calls == [([0.0, 1.0], None), ([2.0, 3.0], 2)]  # the first half from its captions alone
+    assert loss.item() > 0 and logs["warmup_t2i_loss"] > 0
+    calls.clear()
+    plain, plain_logs = warmup_loss(editor, ref, text, generator=gen())  # the default copies every row, in one call
+    assert calls == [([0.0, 1.0, 2.0, 3.0], 4)] and plain.item() < 1e-8 and "warmup_t2i_loss" not in plain_logs
+    assert loss.item() == pytest.approx(logs["warmup_t2i_loss"] / 2, rel=1e-6)  # copy rows contribute 0 (mean over 4)

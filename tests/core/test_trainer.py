@@ -112,6 +112,29 @@ def test_a_non_finite_loss_is_skipped_and_never_reaches_the_weights(tmp_path, ma
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_warmup_t2i_share_trains_part_of_each_batch_without_the_reference(tmp_path, manifest, monkeypatch):
+    """`loss.warmup_t2i_share` reaches the editor on the shipped one-GPU path (LoRA, gradient checkpointing)."""
+    cfg = config(tmp_path / "w", manifest, "train.stage=warmup", "train.steps=2", "train.batch_size=2",
+                 "train.gradient_checkpointing=true", "loss.warmup_t2i_share=0.5")
+    trainer = Trainer(cfg, log=quiet)
+    assert trainer.cfg.lora.enabled
+    seen, editor = [], trainer.roles.editor
+
+    def spy(x_t, t, text, reference):
+        seen.append(None if reference is None else reference.shape[0])
+        return editor(x_t, t, text, reference)
+
+    monkeypatch.setattr(trainer.roles, "editor", spy)
+    before = [p.detach().clone() for p in trainer.roles.editor_parameters()]
+    trainer.run()
+    # A batch of 2 (batches follow aspect buckets, so one may hold a single row): one row drawn from its
+    # caption alone, then the other copied; round(0.5 x 1) = 0 rows of a single-row batch.
+    assert None in seen and all(seen[i + 1] == 1 for i, r in enumerate(seen) if r is None), seen
+    logs = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["warmup_t2i_loss"] > 0 for x in logs if "warmup_t2i_loss" in x] == [True] * seen.count(None)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.roles.editor_parameters()))
+
+
 def test_warmup_then_npedit_then_export_then_edit(tmp_path, manifest):
     Trainer(config(tmp_path / "warm", manifest, "train.stage=warmup", "train.steps=2"), log=quiet).run()
     main = config(tmp_path / "np", manifest, "train.steps=2", f"train.init_from={tmp_path / 'warm'}")

@@ -35,3 +35,19 @@ def test_warmup_row_evaluates_the_untrained_editor(tmp_path):
     assert latest_checkpoint(tmp_path / "warmup-s0") is None, "the warm-up row trained"
     # its own run folder: parallel jobs run the NP-Edit row of the same seed beside it (a shared folder is locked)
     assert not (tmp_path / "npedit-s0").exists()
+
+
+def test_rows_start_from_the_warmup_file_given(tmp_path):
+    """`--warmup FILE`: every row starts from that editor (here the shipped NP-Edit one), not the shipped warm-up."""
+    import torch
+
+    from npedit_core.microworld.editor import NPEDIT_FILE
+
+    bench = _benchmark()
+    items, evals = examples(8), eval_items(1)
+    manifest = write_manifest(tmp_path / "data", items)
+    shipped = bench.run("warmup", 0, 0, tmp_path / "a", manifest, items, evals, quiet=True)
+    other = bench.run("warmup", 0, 0, tmp_path / "b", manifest, items, evals, quiet=True, warmup=NPEDIT_FILE)
+    again = bench.run("warmup", 0, 0, tmp_path / "c", manifest, items, evals, quiet=True, warmup=WARMUP_FILE)
+    assert torch.equal(shipped["outputs"], again["outputs"])
+    assert (shipped["outputs"] - other["outputs"]).abs().max() > 0.05

@@ -72,3 +72,18 @@ def test_warmup_editor_is_an_export_that_edit_and_the_nodes_load(cfg):
     load_editor(backbone, WARMUP_FILE)
     changed = [k for k, v in backbone.transformer.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2, "the warm-up left the teacher's weights as they were"
+
+
+@pytest.mark.skipif(not TEACHER_DIR.is_dir(), reason="micro-world weights not shipped")
+def test_warmup_build_trains_a_share_text_to_image_and_records_it(tmp_path):
+    """`editor warmup --t2i-share` (the experiment in build_warmup's docstring) is one command."""
+    from npedit_core.microworld.editor import main
+
+    out = tmp_path / "warm.safetensors"
+    main(["warmup", "--steps", "2", "--t2i-share", "0.5", "--out", str(out), "--work", str(tmp_path / "w")])
+    weights, meta = read_export(out)
+    assert meta["stage"] == "warmup" and meta["step"] == "2" and weights
+    assert json.loads((tmp_path / "warmup_log.json").read_text())["t2i_share"] == 0.5
+    assert "warmup_t2i_share: 0.5" in (tmp_path / "w" / "run" / "config.yaml").read_text()
+    logs = [json.loads(x) for x in (tmp_path / "w" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all(x["warmup_t2i_loss"] > 0 for x in logs)  # batch 16: 8 rows from captions alone
