@@ -248,17 +248,18 @@ def build_npedit(out: str | Path = NPEDIT_FILE, steps: int = 200, seed: int = 0,
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="micro-world editors")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    parsers = {}
     for name, out, steps, what in (("warmup", WARMUP_FILE, 3000, "the warm-up editor from the teacher"),
                                    ("npedit", NPEDIT_FILE, 200, "the shipped NP-Edit editor (no pairs) from the warm-up")):
-        p = sub.add_parser(name, help=f"rebuild {what}")
+        p = parsers[name] = sub.add_parser(name, help=f"rebuild {what}")
         p.add_argument("--out", default=str(out))
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--work", default=f"runs/microworld-{name}", help="run folder (an existing one is resumed)")
         p.add_argument("--threads", type=int, default=0)
-    sub.choices["warmup"].add_argument("--t2i-share", type=float, default=0.0,
-                                       help="share of each batch trained text-to-image (loss.warmup_t2i_share)")
-    sub.choices["npedit"].add_argument("--init-from", default=str(WARMUP_FILE), help="the warm-up editor to start from")
+    parsers["warmup"].add_argument("--t2i-share", type=float, default=0.0,
+                                   help="share of each batch trained text-to-image (loss.warmup_t2i_share)")
+    parsers["npedit"].add_argument("--init-from", default=str(WARMUP_FILE), help="the warm-up editor to start from")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
