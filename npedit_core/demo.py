@@ -6,7 +6,7 @@ own autoencoder, TAEF2's architecture trained here), a small Qwen2.5-VL judge tr
 questions about them, and a warm-up editor. So the edits are real and checkable: an oracle computed
 from the scene graph scores instruction success and preservation of the rest, before and after training.
 
-Stage 1 warm-up (a short continuation of the shipped reference-copy warm-up), stage 2 NP-Edit
+Stage 1 warm-up (a short continuation of the shipped warm-up, with the settings of its last steps), stage 2 NP-Edit
 (unroll -> decode -> judge + DMD; no edited images anywhere), export, then edit held-out scenes with
 the exported editor, print the oracle's scores and write a before/after grid. About 3 minutes on 2 CPU cores.
 For real models, `python -m train_cli train` with `model.path` / `judge.path` set.
@@ -31,7 +31,8 @@ WARMUP_STEPS = 10
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print, fresh: bool = False) -> Path:
     """The demo into `out`. A folder with an earlier demo's runs is reused (said so); `fresh` starts over."""
-    from .microworld.editor import SETTINGS, WARMUP_SETTINGS, evaluate, eval_items, examples, load_warmup, write_manifest
+    from .microworld.editor import (SETTINGS, WARMUP_SETTINGS, WARMUP_T2I_SHARE, WARMUP_TAIL, evaluate, eval_items,
+                                    examples, load_warmup, write_manifest)
 
     out = Path(out)
     runs = [out / "warmup", out / "npedit"]
@@ -46,8 +47,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print
     evals = eval_items(10)
     common = SETTINGS + [f"data.manifest={manifest}", "train.log_every=1"]
 
-    log(f"[1/4] warm-up: {WARMUP_STEPS} more reference-copy steps from the shipped warm-up editor")
-    warm = load_config(None, common + WARMUP_SETTINGS + [
+    log(f"[1/4] warm-up: {WARMUP_STEPS} more steps of the shipped warm-up editor's recipe (its tail's settings)")
+    warm = load_config(None, common + WARMUP_SETTINGS + [f"loss.warmup_t2i_share={WARMUP_T2I_SHARE}", *WARMUP_TAIL,
         f"train.steps={WARMUP_STEPS}", f"train.save_every={WARMUP_STEPS}", f"train.run_dir={out / 'warmup'}",
         *overrides])
     trainer = Trainer(warm, log=log)

@@ -75,15 +75,41 @@ def test_warmup_editor_is_an_export_that_edit_and_the_nodes_load(cfg):
 
 
 @pytest.mark.skipif(not TEACHER_DIR.is_dir(), reason="micro-world weights not shipped")
-def test_warmup_build_trains_a_share_text_to_image_and_records_it(tmp_path):
-    """`editor warmup --t2i-share` (the experiment in build_warmup's docstring) is one command."""
+def test_warmup_build_trains_a_share_text_to_image_then_a_tail_and_records_them(tmp_path):
+    """`editor warmup` (the recipe in build_warmup's docstring) is one command, and running it again is a no-op."""
     from npedit_core.microworld.editor import main
 
-    out = tmp_path / "warm.safetensors"
-    main(["warmup", "--steps", "2", "--t2i-share", "0.5", "--out", str(out), "--work", str(tmp_path / "w")])
+    out, work = tmp_path / "warm.safetensors", tmp_path / "w"
+    args = ["warmup", "--steps", "3", "--t2i-share", "0.5", "--tail-steps", "1",
+            "--tail", "optim.lr=1e-4", "train.text_dropout=0.5", "--out", str(out), "--work", str(work)]
+    main(args)
     weights, meta = read_export(out)
-    assert meta["stage"] == "warmup" and meta["step"] == "2" and weights
-    assert json.loads((tmp_path / "warmup_log.json").read_text())["t2i_share"] == 0.5
-    assert "warmup_t2i_share: 0.5" in (tmp_path / "w" / "run" / "config.yaml").read_text()
-    logs = [json.loads(x) for x in (tmp_path / "w" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(logs) == 2 and all(x["warmup_t2i_loss"] > 0 for x in logs)  # batch 16: 8 rows from captions alone
+    assert meta["stage"] == "warmup" and meta["step"] == "3" and weights
+    report = json.loads((tmp_path / "warmup_log.json").read_text())
+    assert (report["t2i_share"], report["tail_steps"], report["tail"]) == (0.5, 1, ["optim.lr=1e-4", "train.text_dropout=0.5"])
+    config = (work / "run" / "config.yaml").read_text()
+    assert "warmup_t2i_share: 0.5" in config and "text_dropout: 0.5" in config
+    logs = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["lr"] for x in logs] == [5e-4, 5e-4, 1e-4]  # the tail resumed the run with its own settings
+    assert all(x["warmup_t2i_loss"] > 0 for x in logs)  # batch 16: 8 rows from captions alone
+    main(args)  # done already: neither phase trains again, nor does the first refuse the tail's config
+    assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_warmup_build_refuses_a_tail_as_long_as_the_run(capsys):
+    from npedit_core.microworld.editor import main
+
+    with pytest.raises(SystemExit):
+        main(["warmup", "--steps", "100", "--tail-steps", "100"])
+    assert "--tail-steps must be below --steps" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not WARMUP_FILE.is_file(), reason="micro-world warm-up editor not shipped")
+def test_shipped_warmup_is_what_the_warmup_command_builds_by_default():
+    """The log beside the shipped warm-up records the recipe `editor warmup` runs with no options."""
+    from npedit_core.microworld.editor import WARMUP_STEPS, WARMUP_T2I_SHARE, WARMUP_TAIL, WARMUP_TAIL_STEPS
+
+    report = json.loads((WARMUP_FILE.parent / "warmup_log.json").read_text())
+    assert (report["steps"], report["t2i_share"], report["tail_steps"], report["tail"]) == \
+        (WARMUP_STEPS, WARMUP_T2I_SHARE, WARMUP_TAIL_STEPS, WARMUP_TAIL)
+    assert read_export(WARMUP_FILE, tensors=False)[1]["step"] == str(WARMUP_STEPS)
