@@ -25,7 +25,7 @@ from .export import export_checkpoint
 from .previews import save_preview_grid
 from .trainer import Trainer
 
-NPEDIT_STEPS = 200  # as the CI learning test (tests/microworld/test_learning.py)
+NPEDIT_STEPS = 400  # as the CI learning test (tests/microworld/test_learning.py)
 WARMUP_STEPS = 10
 
 

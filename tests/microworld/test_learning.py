@@ -7,13 +7,14 @@ instructions and edited captions are read; the oracle scores the same 50 held-ou
 fixed noise seeds) before and after.
 
 MEASURED is what the margins were set from: this exact run (one CPU thread, as the test sets) with
-training and noise seeds 0-3, on the shipped weights of 2026-12-07 (the teacher trained 9000 steps). The
-warm-up editor copies (success 0.02 on every seed: one background edit; preservation 0.90-0.91); 200 steps
-gained 0.08-0.20, over two or three edit types (removals on every seed, then background, colour or replace),
-and kept 0.75-0.82 of the untouched pixels. (40 steps, the earlier length, gained 0.00-0.02 on these weights,
-80 steps 0.00-0.06.) Asserted: a gain of at least MARGIN (the smallest measured), on at least two edit types,
-with preservation at least MIN_PRESERVATION.
-Not asserted, because it does not hold yet: a gain on every type (add never gains here).
+training and noise seeds 0-3, on the shipped weights of 2026-12-07 (the warm-up of 12000 steps with a quarter
+text-to-image, `editor.build_warmup`). The warm-up editor copies (success 0.00 on every seed; preservation
+0.950-0.956); 400 steps gained 0.12-0.20, over three or four edit types (removals and background on every seed,
+then adds, colour or replace), and kept 0.770-0.794 of the untouched pixels. (200 steps gained 0.06-0.10 on these
+weights, 500 steps 0.18 on seeds 2 and 3 with preservation 0.71-0.75; from the 3000-step copy warm-up shipped
+before, 200 steps gained 0.08-0.20 but never on adds.) Asserted: a gain of at least MARGIN, on at least three
+edit types, with preservation at least MIN_PRESERVATION.
+Not asserted, because it does not hold yet: a gain on every type (colour and replace stay at 0.0-0.1).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import torch
 
 from npedit_core.microworld.editor import JUDGE_DIR, TEACHER_DIR, WARMUP_FILE, evaluate, eval_items, examples, make_trainer, write_manifest
 
-STEPS = 200
-MEASURED = {  # seed: (success before, success after, preservation before, preservation after)
-    0: (0.02, 0.22, 0.899, 0.754), 1: (0.02, 0.12, 0.909, 0.806), 2: (0.02, 0.10, 0.908, 0.818),
-    3: (0.02, 0.16, 0.898, 0.782),
+STEPS = 400
+MEASURED = {  # seed: (success before, success after, preservation before, preservation after, types gained)
+    0: (0.00, 0.20, 0.954, 0.770, 4), 1: (0.00, 0.14, 0.954, 0.794, 3), 2: (0.00, 0.12, 0.956, 0.783, 3),
+    3: (0.00, 0.14, 0.950, 0.774, 4),
 }
-MARGIN = 0.08
-MIN_PRESERVATION = 0.7
+MARGIN = 0.10  # below the smallest measured gain (0.12): one edit of 50 less still passes
+MIN_TYPES = 3
+MIN_PRESERVATION = 0.75
 
 pytestmark = pytest.mark.skipif(not (TEACHER_DIR.is_dir() and JUDGE_DIR.is_dir() and WARMUP_FILE.is_file()),
                                 reason="micro-world weights not shipped")
@@ -57,6 +59,6 @@ def test_short_npedit_run_raises_oracle_success(tmp_path, one_thread):
     report = {k: f"{before[k]['success']:.2f} -> {after[k]['success']:.2f}" for k in before}
     assert gain >= MARGIN, f"oracle success did not rise by {MARGIN} (measured: {MEASURED}): {report}"
     gained = [k for k in before if k != "all" and after[k]["success"] > before[k]["success"]]
-    assert len(gained) >= 2, f"only {gained} gained: {report}"
+    assert len(gained) >= MIN_TYPES, f"only {gained} gained: {report}"
     kept = after["all"]["preservation"]
-    assert kept >= MIN_PRESERVATION, f"the editor kept only {kept:.3f} of the untouched pixels (measured 0.75-0.82)"
+    assert kept >= MIN_PRESERVATION, f"the editor kept only {kept:.3f} of the untouched pixels (measured 0.770-0.794)"

@@ -105,11 +105,14 @@ def test_warmup_build_refuses_a_tail_as_long_as_the_run(capsys):
 
 
 @pytest.mark.skipif(not WARMUP_FILE.is_file(), reason="micro-world warm-up editor not shipped")
-def test_shipped_warmup_is_what_the_warmup_command_builds_by_default():
-    """The log beside the shipped warm-up records the recipe `editor warmup` runs with no options."""
-    from npedit_core.microworld.editor import WARMUP_STEPS, WARMUP_T2I_SHARE, WARMUP_TAIL, WARMUP_TAIL_STEPS
+def test_shipped_editors_are_what_their_commands_build_by_default():
+    """The logs beside the shipped editors record the recipes `editor warmup` and `editor npedit` run with no options."""
+    from npedit_core.microworld.editor import (NPEDIT_FILE, NPEDIT_STEPS, WARMUP_STEPS, WARMUP_T2I_SHARE, WARMUP_TAIL,
+                                               WARMUP_TAIL_STEPS)
 
     report = json.loads((WARMUP_FILE.parent / "warmup_log.json").read_text())
     assert (report["steps"], report["t2i_share"], report["tail_steps"], report["tail"]) == \
         (WARMUP_STEPS, WARMUP_T2I_SHARE, WARMUP_TAIL_STEPS, WARMUP_TAIL)
     assert read_export(WARMUP_FILE, tensors=False)[1]["step"] == str(WARMUP_STEPS)
+    assert json.loads((NPEDIT_FILE.parent / "npedit_editor_log.json").read_text())["steps"] == NPEDIT_STEPS
+    assert read_export(NPEDIT_FILE, tensors=False)[1]["step"] == str(NPEDIT_STEPS)
