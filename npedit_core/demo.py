@@ -8,7 +8,7 @@ from the scene graph scores instruction success and preservation of the rest, be
 
 Stage 1 warm-up (a short continuation of the shipped warm-up, with the settings of its last steps), stage 2 NP-Edit
 (unroll -> decode -> judge + DMD; no edited images anywhere), export, then edit held-out scenes with
-the exported editor, print the oracle's scores and write a before/after grid. About 3 minutes on 2 CPU cores.
+the exported editor, print the oracle's scores and write a before/after grid. About 6 minutes on 2 CPU cores.
 For real models, `python -m train_cli train` with `model.path` / `judge.path` set.
 """
 

@@ -234,7 +234,8 @@ def build_warmup(out: str | Path = WARMUP_FILE, steps: int = WARMUP_STEPS, seed:
     lines = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     final = sum(x["warmup_loss"] for x in lines[-50:]) / len(lines[-50:])
     report = {"steps": steps, "seed": seed, "t2i_share": t2i_share, "tail_steps": tail_steps,
-              "tail": list(tail) if tail_steps else [], "seconds": round(seconds, 1),
+              "tail": list(tail) if tail_steps else [], "seconds": round(seconds, 1),  # this call (a resume: its part)
+              "train_seconds": round(sum(x["step_time"] for x in lines), 1),  # every step, over all calls
               "final_warmup_loss_mean50": round(final, 5)}
     return _ship(trainer, out, "warmup", report, "warmup_log.json", log)
 

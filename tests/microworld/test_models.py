@@ -87,6 +87,7 @@ def test_warmup_build_trains_a_share_text_to_image_then_a_tail_and_records_them(
     assert meta["stage"] == "warmup" and meta["step"] == "3" and weights
     report = json.loads((tmp_path / "warmup_log.json").read_text())
     assert (report["t2i_share"], report["tail_steps"], report["tail"]) == (0.5, 1, ["optim.lr=1e-4", "train.text_dropout=0.5"])
+    assert report["train_seconds"] > 0
     config = (work / "run" / "config.yaml").read_text()
     assert "warmup_t2i_share: 0.5" in config and "text_dropout: 0.5" in config
     logs = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
