@@ -30,7 +30,8 @@ kept) 0.02 -> 0.02 in 40; with the shipped judge, 0.02 -> 0.18 in 40 and 0.22 in
 training scenes, `editor.SETTINGS`). From the shipped 12000-step warm-up it is the same: after 1500 more steps
 (accuracy 0.737; recolour 0.76, removal 0.90, add 0.47, replace 0.56) NP-Edit reached 0.06 / 0.06 after 400 steps
 (seeds 0, 1; tests/microworld/test_learning.py's run) with preservation 0.67 / 0.57, against 0.20 / 0.14 and
-0.77 / 0.79 with the shipped judge: a more accurate judge on these questions is one the editor exploits more.
+0.77 / 0.79 with the shipped judge: accuracy on these questions does not predict what NP-Edit learns from the
+judge (untested guess: the further-trained judge accepts more of the editor's failures, which the questions lack).
 """
 
 from __future__ import annotations
