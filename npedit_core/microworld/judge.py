@@ -31,7 +31,9 @@ training scenes, `editor.SETTINGS`). From the shipped 12000-step warm-up it is t
 (accuracy 0.737; recolour 0.76, removal 0.90, add 0.47, replace 0.56) NP-Edit reached 0.06 / 0.06 after 400 steps
 (seeds 0, 1; tests/microworld/test_learning.py's run) with preservation 0.67 / 0.57, against 0.20 / 0.14 and
 0.77 / 0.79 with the shipped judge: accuracy on these questions does not predict what NP-Edit learns from the
-judge (untested guess: the further-trained judge accepts more of the editor's failures, which the questions lack).
+judge. Asked about the shipped NP-Edit editor's own outputs (100 held-out edits), the further-trained judge's
+identity answer follows the oracle's preservation less (correlation 0.13 against the shipped judge's 0.43), though
+its edit answer tells correct recolours from failed ones (P(done) 0.68 against 0.29; shipped judge 0.52 and 0.51).
 """
 
 from __future__ import annotations
