@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 from npedit_core.microworld.editor import (  # noqa: E402
     VARIANTS, WARMUP_FILE, evaluate, eval_items, examples, make_trainer, write_manifest,
 )
+from npedit_core.microworld.judge import agreement  # noqa: E402
 from npedit_core.microworld.world import EDIT_TYPES, render_batch  # noqa: E402
+from npedit_core.models import build_judge  # noqa: E402
 from npedit_core.previews import save_preview_grid  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,8 +63,10 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
     metrics, outputs = evaluate(trainer.roles.editor_backbone(), evals, trainer.cfg.sampler, seed=seed)
     log(f"{label} seed {seed}: success {metrics['all']['success']:.3f} preservation "
         f"{metrics['all']['preservation']:.3f} ({train_s:.0f} s training)")
+    # the shipped judge asked about this row's outputs (the supervised trainer has none of its own)
+    judge = trainer.judge or build_judge(trainer.cfg.judge, trainer.device, seed)
     return {"variant": label, "seed": seed, "steps": steps, "train_seconds": round(train_s, 1),
-            "metrics": metrics, "outputs": outputs}
+            "metrics": metrics, "judge": agreement(judge, evals, outputs), "outputs": outputs}
 
 
 def parts(evals, n_captions: int = 100) -> dict:

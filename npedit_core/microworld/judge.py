@@ -51,8 +51,10 @@ import torch.nn.functional as F
 from ..judges.base import Question
 from ..judges.prompts import edit_questions
 from ..judges.qwen2_5_vl import Qwen25VLJudge
+from ..scoring import score_edits
+from .oracle import score
 from .tokenizer import train_tokenizer
-from .world import Scene, render, sample_edit, sample_example, sample_scene
+from .world import Scene, render, render_batch, sample_edit, sample_example, sample_scene
 
 JUDGE_SIDE = 84  # min/max_pixels = 84 * 84: 6x6 patches of 14 px, 3x3 merged tokens, one per grid cell
 
@@ -245,6 +247,34 @@ def evaluate(judge: Qwen25VLJudge, n: int = 600, seed: int = 10**9, batch: int =
     out = {"accuracy": round(sum(all_hits) / len(all_hits), 4)}
     out.update({k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())})
     return out
+
+
+@torch.no_grad()
+def agreement(judge, items, outputs: torch.Tensor) -> dict:
+    """How the judge's answers about editor outputs follow the oracle, where NP-Edit's signal comes from.
+
+    Per edit type: how many outputs (N, 3, 64, 64) of `items` [(scene, edit)] the oracle passes and fails, and the
+    judge's mean P(edit done) on each group; and the correlation of its P(rest unchanged) with the oracle's
+    preservation over all outputs (None where either is constant). Held-out accuracy on the judge's own questions
+    did not predict NP-Edit's progress (module docstring); this asks about what an editor makes.
+    """
+    verdicts = [score(o, s, e) for o, (s, e) in zip(outputs, items)]
+    edits = [e for _, e in items]
+    answers = score_edits(judge, render_batch([s for s, _ in items]), outputs, [e.instruction for e in edits],
+                          [e.edit_type for e in edits], [e.object for e in edits])
+    report: dict = {}
+    for kind in dict.fromkeys(e.edit_type for e in edits):
+        groups = {"pass": [], "fail": []}
+        for e, v, p in zip(edits, verdicts, answers.p_edit):
+            if e.edit_type == kind:
+                groups["pass" if v["success"] else "fail"].append(p)
+        report[kind] = {f"{k}{g}": (len(ps) if k == "n_" else round(sum(ps) / len(ps), 4) if ps else None)
+                        for g, ps in groups.items() for k in ("n_", "p_done_")}
+    kept = torch.tensor([v["preservation"] for v in verdicts], dtype=torch.float64)
+    same = torch.tensor(answers.p_identity, dtype=torch.float64)
+    constant = len(kept) < 2 or bool(kept.std() == 0) or bool(same.std() == 0)
+    report["identity_vs_preservation"] = None if constant else round(float(torch.corrcoef(torch.stack([kept, same]))[0, 1]), 4)
+    return report
 
 
 def _edit_type_of(seed: int) -> str:

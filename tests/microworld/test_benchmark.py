@@ -51,3 +51,19 @@ def test_rows_start_from_the_warmup_file_given(tmp_path):
     again = bench.run("warmup", 0, 0, tmp_path / "c", manifest, items, evals, quiet=True, warmup=WARMUP_FILE)
     assert torch.equal(shipped["outputs"], again["outputs"])
     assert (shipped["outputs"] - other["outputs"]).abs().max() > 0.05
+
+
+def test_rows_record_how_the_judge_answers_about_their_outputs(tmp_path):
+    """Every row, the supervised one too (its trainer has no judge), records `judge.agreement` on its outputs."""
+    from npedit_core.microworld.world import EDIT_TYPES
+
+    bench = _benchmark()
+    items, evals = examples(8), eval_items(2)
+    manifest = write_manifest(tmp_path / "data", items)
+    for variant in ("warmup", "supervised"):
+        row = bench.run(variant, 0, 1 if variant == "supervised" else 0, tmp_path, manifest, items, evals, quiet=True)
+        for kind in EDIT_TYPES:
+            got = row["judge"][kind]
+            assert got["n_pass"] + got["n_fail"] == 2
+            assert all(p is None or 0 <= p <= 1 for p in (got["p_done_pass"], got["p_done_fail"]))
+        assert "identity_vs_preservation" in row["judge"]

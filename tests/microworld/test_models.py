@@ -54,6 +54,23 @@ def test_judge_loads_and_passes_gradients_to_the_image(cfg):
     assert out.grad is not None and out.grad.abs().sum() > 0
 
 
+def test_judge_agreement_splits_its_answers_by_the_oracle(cfg):
+    """`judge.agreement`: correct targets all pass, unchanged copies all fail, and the judge's answers are its own."""
+    from npedit_core.microworld.editor import eval_items
+    from npedit_core.microworld.judge import agreement
+    from npedit_core.microworld.world import EDIT_TYPES
+
+    judge, items = build_judge(cfg.judge), eval_items(4)
+    targets = agreement(judge, items, render_batch([e.target for _, e in items]))
+    copies = agreement(judge, items, render_batch([s for s, _ in items]))
+    for kind in EDIT_TYPES:
+        assert (targets[kind]["n_pass"], targets[kind]["n_fail"], targets[kind]["p_done_fail"]) == (4, 0, None)
+        assert (copies[kind]["n_pass"], copies[kind]["n_fail"], copies[kind]["p_done_pass"]) == (0, 4, None)
+    # the judge tells a new background from the old one (held-out accuracy 0.97)
+    assert targets["background"]["p_done_pass"] > 0.9 > 0.1 > copies["background"]["p_done_fail"]
+    assert copies["identity_vs_preservation"] is None  # every copy keeps everything: nothing to correlate
+
+
 def test_backbone_options_file_is_checked(tmp_path):
     from npedit_core.backbones.flux2_klein import BACKBONE_OPTIONS_FILE, _backbone_options
 
