@@ -268,12 +268,15 @@ def agreement(judge, items, outputs: torch.Tensor) -> dict:
         for e, v, p in zip(edits, verdicts, answers.p_edit):
             if e.edit_type == kind:
                 groups["pass" if v["success"] else "fail"].append(p)
-        report[kind] = {f"{k}{g}": (len(ps) if k == "n_" else round(sum(ps) / len(ps), 4) if ps else None)
-                        for g, ps in groups.items() for k in ("n_", "p_done_")}
+        report[kind] = {}
+        for group, ps in groups.items():
+            report[kind][f"n_{group}"] = len(ps)
+            report[kind][f"p_done_{group}"] = round(sum(ps) / len(ps), 4) if ps else None
     kept = torch.tensor([v["preservation"] for v in verdicts], dtype=torch.float64)
     same = torch.tensor(answers.p_identity, dtype=torch.float64)
     constant = len(kept) < 2 or bool(kept.std() == 0) or bool(same.std() == 0)
-    report["identity_vs_preservation"] = None if constant else round(float(torch.corrcoef(torch.stack([kept, same]))[0, 1]), 4)
+    corr = None if constant else round(float(torch.corrcoef(torch.stack([kept, same]))[0, 1]), 4)
+    report["identity_vs_preservation"] = corr
     return report
 
 
