@@ -31,8 +31,8 @@ WARMUP_STEPS = 10
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print, fresh: bool = False) -> Path:
     """The demo into `out`. A folder with an earlier demo's runs is reused (said so); `fresh` starts over."""
-    from .microworld.editor import (SETTINGS, WARMUP_SETTINGS, WARMUP_T2I_SHARE, WARMUP_TAIL, evaluate, eval_items,
-                                    examples, load_warmup, write_manifest)
+    from .microworld.editor import (SETTINGS, WARMUP_CONTINUE, WARMUP_SETTINGS, evaluate, eval_items, examples,
+                                    load_warmup, write_manifest)
 
     out = Path(out)
     runs = [out / "warmup", out / "npedit"]
@@ -48,7 +48,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), log=print
     common = SETTINGS + [f"data.manifest={manifest}", "train.log_every=1"]
 
     log(f"[1/4] warm-up: {WARMUP_STEPS} more steps of the shipped warm-up editor's recipe (its tail's settings)")
-    warm = load_config(None, common + WARMUP_SETTINGS + [f"loss.warmup_t2i_share={WARMUP_T2I_SHARE}", *WARMUP_TAIL,
+    warm = load_config(None, common + WARMUP_SETTINGS + [*WARMUP_CONTINUE,
         f"train.steps={WARMUP_STEPS}", f"train.save_every={WARMUP_STEPS}", f"train.run_dir={out / 'warmup'}",
         *overrides])
     trainer = Trainer(warm, log=log)

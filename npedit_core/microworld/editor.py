@@ -196,6 +196,8 @@ def eval_items(per_type: int = 10):
 #: text-to-image, the last 2000 of them at lr 1e-4 with a caption dropout of 0.1 (`WARMUP_TAIL`).
 WARMUP_STEPS, WARMUP_T2I_SHARE, WARMUP_TAIL_STEPS = 12000, 0.25, 2000
 WARMUP_TAIL = ["optim.lr=1e-4", "train.text_dropout=0.1"]
+#: What more steps of the shipped warm-up train with (the demo continues it): its share and its tail's overrides.
+WARMUP_CONTINUE = [f"loss.warmup_t2i_share={WARMUP_T2I_SHARE}", *WARMUP_TAIL]
 
 
 def build_warmup(out: str | Path = WARMUP_FILE, steps: int = WARMUP_STEPS, seed: int = 0, n_data: int = 2000,
