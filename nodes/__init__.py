@@ -9,6 +9,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import folders
+from .comfy_critic import NPEditCriticFromModel
 from .core_sampling import NPEditSigmas, NPEditStepSampler, NPEditZImageReference
 from .loaders import NPEditLoadCritic, NPEditLoadEditor, NPEditLoadJudge
 from .refine import NPEditRefine
@@ -19,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     NPEditLoadEditor,
     NPEditLoadJudge,
     NPEditLoadCritic,
+    NPEditCriticFromModel,
     NPEditSampler,
     NPEditVLMScore,
     NPEditDMDCritic,

@@ -6,6 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..npedit_core.config import LossConfig, RefineConfig
 from ..npedit_core.refine import refine_edits
+from .comfy_critic import critic_text, text_inputs
 from .convert import image_to_comfy, image_to_core, mask_to_core
 from .runtime import autograd_ready, on_device, progress
 from .sampler import MAX_SEED
@@ -42,6 +43,7 @@ class NPEditRefine(io.ComfyNode):
                 Judge.Input("judge", optional=True, tooltip="The judge; required when w_vlm > 0."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: refine only where the mask is 1; elsewhere the edit is kept exactly."),
+                *text_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="image"),
@@ -55,7 +57,8 @@ class NPEditRefine(io.ComfyNode):
 
     @classmethod
     def execute(cls, critic, reference, edited, instruction, edit_type, object, caption, steps, lr, w_vlm, w_dmd,  # noqa: A002
-                seed, judge=None, mask=None) -> io.NodeOutput:
+                seed, judge=None, mask=None, positive=None, negative=None) -> io.NodeOutput:
+        text = critic_text(critic, positive, negative) if w_dmd > 0 else {}
         modules = critic.modules() + ([judge] if judge is not None and w_vlm > 0 else [])
         with autograd_ready(grad=True), on_device(*modules):
             # Clones: tensors from other nodes were made in inference mode and cannot join autograd.
@@ -65,7 +68,7 @@ class NPEditRefine(io.ComfyNode):
             out, logs = refine_edits(
                 judge if w_vlm > 0 else None, critic, references, edited_core, instruction, caption, edit_type,
                 object.strip() or None, steps=steps, lr=lr, w_vlm=w_vlm, w_dmd=w_dmd, seed=seed, mask=masks,
-                callback=progress(steps, critic.backbone.decode_latents),
+                callback=progress(steps, critic.backbone.decode_latents), **text,
             )
         terms = [k for k in ("vlm_loss", "dmd_loss") if k in logs[0]]
         report = "\n".join(

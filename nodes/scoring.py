@@ -13,6 +13,7 @@ from ..npedit_core.config import CriticConfig
 from ..npedit_core.critic import realism_scores
 from ..npedit_core.judges import EDIT_TYPES
 from ..npedit_core.scoring import score_edits
+from .comfy_critic import critic_text, text_inputs
 from .convert import check_choices, image_to_core, require_text
 from .runtime import on_device, progress
 from .sampler import MAX_SEED
@@ -137,6 +138,7 @@ class NPEditDMDCritic(io.ComfyNode):
                              tooltip="Seed of the fixed noise; keep it when comparing images."),
                 io.Float.Input("guidance", default=defaults.guidance, min=1.0, max=20.0, step=0.1,
                                tooltip="Teacher CFG scale, as in training (3.5; 7.5 for remove/shape/style/action)."),
+                *text_inputs(),
             ],
             outputs=[
                 io.Float.Output(display_name="realism", is_output_list=True,
@@ -147,16 +149,13 @@ class NPEditDMDCritic(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, caption=None) -> bool | str:
-        return require_text(caption, "caption", "describe the image")
-
-    @classmethod
-    def execute(cls, critic, image, caption, seed, guidance) -> io.NodeOutput:
+    def execute(cls, critic, image, caption, seed, guidance, positive=None, negative=None) -> io.NodeOutput:
         images = image_to_core(image)
         times = CriticConfig().times
+        text = critic_text(critic, positive, negative)
         with on_device(*critic.modules()):
             scores = realism_scores(critic, images, caption, times=times, seed=seed, guidance=guidance,
-                                    callback=progress(len(times))).tolist()
+                                    callback=progress(len(times)), **text).tolist()
         report = "\n".join(f"#{i}  realism {s:.4f}  (teacher/fake disagreement, lower is better)"
                            for i, s in enumerate(scores))
         return io.NodeOutput(scores, report, ui=ui.PreviewText(report))

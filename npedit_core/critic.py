@@ -132,25 +132,33 @@ def realism_scores(
     negative_prompt: str = LossConfig.negative_prompt,
     max_area: int | None = None,
     callback: Callable[[int, int], None] | None = None,
+    text=None,
+    negative_text=None,
 ) -> torch.Tensor:
     """Realism score (module docstring) of each image (B, 3, H, W) in [0, 1] with its caption -> (B,) float32, lower = more realistic.
 
     Images run at the backbone's working size (sides rounded to its pixel multiple, optionally scaled
-    down to `max_area`). `callback(i, len(times))` runs after each time.
+    down to `max_area`). `callback(i, len(times))` runs after each time. `text` and `negative_text`, the captions
+    and negative prompt already encoded the way the critic's teacher reads them, replace `captions` and
+    `negative_prompt` (both or neither).
     """
     check_images(images, "image")
     batch, _, height, width = images.shape
-    captions = per_sample(captions, batch, "caption")
-    for i, caption in enumerate(captions):
-        if not isinstance(caption, str) or not caption.strip():
-            raise NPEditError(f"caption[{i}]: empty; describe the image (the teacher is a text-to-image model)")
+    if (text is None) != (negative_text is None):
+        raise NPEditError("text, negative_text: give both encoded texts or neither")
+    if text is None:
+        captions = per_sample(captions, batch, "caption")
+        for i, caption in enumerate(captions):
+            if not isinstance(caption, str) or not caption.strip():
+                raise NPEditError(f"caption[{i}]: empty; describe the image (the teacher is a text-to-image model)")
     if not times or any(not 0.0 < t < 1.0 for t in times):
         raise NPEditError(f"times: need values strictly between 0 and 1, got {list(times)}")
     backbone = critic.backbone
     size = working_size(height, width, backbone.pixel_multiple, max_area)
     x0 = backbone.encode_images(resize(images, size).to(backbone.device)).float()  # (B, C, h, w)
-    text = backbone.encode_text(list(captions))
-    negative = backbone.encode_text([negative_prompt] * batch)
+    if text is None:
+        text = backbone.encode_text(list(captions))
+        negative_text = backbone.encode_text([negative_prompt] * batch)
     scale = torch.full((batch,), float(guidance), device=x0.device)
     noise = SeededNoise([seed] * batch)  # the same noise for every item: a fair comparison
     dims = tuple(range(1, x0.ndim))
@@ -158,7 +166,7 @@ def realism_scores(
     total = torch.zeros(batch, device=x0.device)
     for i, t in enumerate(times):
         x_t = (1 - t) * x0 + t * noise(x0)
-        x0_real, x0_fake = x0_predictions(critic, x_t, float(t), text, negative, scale)
+        x0_real, x0_fake = x0_predictions(critic, x_t, float(t), text, negative_text, scale)
         total += (x0_fake.float() - x0_real.float()).square().mean(dim=dims).sqrt() / x0_rms
         if callback is not None:
             callback(i, len(times))

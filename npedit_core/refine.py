@@ -55,13 +55,17 @@ def refine_edits(
     negative_prompt: str = LossConfig.negative_prompt,
     max_area: int | None = None,
     callback: RefineCallback | None = None,
+    text=None,
+    negative_text=None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Refine edited images (B, 3, H, W) in [0, 1] against their references; returns (images (B, 3, H, W), logs per step).
 
     The critic's backbone (the base model) encodes and decodes; its VAE is the editor's. `captions`
     describe the edited images (the DMD teacher is text-to-image); they are needed when w_dmd > 0.
     With a `mask` (B, H, W) the refined pixels replace the input only where the mask is nonzero.
-    Setting w_vlm = 0 needs no judge (pass None).
+    Setting w_vlm = 0 needs no judge (pass None). `text` and `negative_text`, the caption and negative prompt
+    already encoded the way the critic's teacher reads them (a critic on ComfyUI's MODEL takes conditioning),
+    replace `captions` and `negative_prompt`.
     """
     check_images(references, "reference")
     check_images(edited, "edited")
@@ -78,7 +82,9 @@ def refine_edits(
         raise NPEditError(f"w_vlm, w_dmd: need non-negative weights, not both 0 (got {w_vlm}, {w_dmd})")
     if w_vlm > 0 and judge is None:
         raise NPEditError("judge: w_vlm > 0 needs a judge (or set w_vlm to 0)")
-    if w_dmd > 0:
+    if w_dmd > 0 and (text is None) != (negative_text is None):
+        raise NPEditError("text, negative_text: give both encoded texts or neither")
+    if w_dmd > 0 and text is None:
         captions = per_sample(captions, batch, "caption")
         for i, caption in enumerate(captions):
             if not isinstance(caption, str) or not caption.strip():
@@ -96,8 +102,9 @@ def refine_edits(
     optimizer = torch.optim.Adam([latents], lr=lr)
     generator = torch.Generator(device).manual_seed(int(seed))
     if w_dmd > 0:
-        text = backbone.encode_text(list(captions))
-        negative = backbone.encode_text([negative_prompt] * batch)
+        if text is None:
+            text = backbone.encode_text(list(captions))
+            negative_text = backbone.encode_text([negative_prompt] * batch)
         guidance = cfg_scales(edit_types, device)
 
     history = []
@@ -111,7 +118,7 @@ def refine_edits(
             total = total + w_vlm * l_vlm.to(total.device)
             logs.update(vlm_logs)
         if w_dmd > 0:
-            l_dmd, dmd_logs = dmd_generator_loss(latents, critic.teacher, critic.fake, text, negative, guidance,
+            l_dmd, dmd_logs = dmd_generator_loss(latents, critic.teacher, critic.fake, text, negative_text, guidance,
                                                  generator=generator)
             total = total + w_dmd * l_dmd
             logs.update(dmd_logs)

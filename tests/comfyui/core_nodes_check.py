@@ -61,13 +61,28 @@ def select_best(pack, job: dict, latents: torch.Tensor) -> dict:
             "distinct": not torch.equal(images[0], images[1])}
 
 
+def z_image_patcher(job: dict):
+    """(ModelPatcher, load_state_dict result) of ComfyUI's Z-Image built from JOB["config"] with JOB["base"]'s weights."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    from comfy.utils import load_torch_file
+
+    config = {"image_model": "lumina2", **job["config"]}
+    model_config = comfy.supported_models.ZImage(config)
+    base = load_torch_file(job["base"])
+    if "x_embedder.weight" not in base:  # diffusers names (a LoRA's base); else a full editor in the original keys
+        base = to_comfy(base, z_image_mapping(config))
+    model = model_config.get_model({})
+    result = model.diffusion_model.load_state_dict(base, strict=False)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), result
+
+
 def main(job_path: str) -> None:
     sys.path.insert(0, os.getcwd())  # the ComfyUI tree
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    import comfy.model_patcher
-    import comfy.supported_models
     import comfy.utils
     import folder_paths
     import nodes
@@ -77,15 +92,7 @@ def main(job_path: str) -> None:
     pack = import_pack()
     core_sampling = importlib.import_module("npedit_pack.nodes.core_sampling")
     job = json.loads(Path(job_path).read_text())
-    config = {"image_model": "lumina2", **job["config"]}
-    model_config = comfy.supported_models.ZImage(config)
-    base = load_torch_file(job["base"])
-    if "x_embedder.weight" not in base:  # diffusers names (a LoRA's base); else a full editor in the original keys
-        base = to_comfy(base, z_image_mapping(config))
-    model = model_config.get_model({})
-    result = model.diffusion_model.load_state_dict(base, strict=False)
-    cpu = torch.device("cpu")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    patcher, result = z_image_patcher(job)
     if job["lora_name"]:
         folder_paths.add_model_folder_path("loras", job["lora_dir"])
         (patcher,) = nodes.LoraLoaderModelOnly().load_lora_model_only(patcher, job["lora_name"], 1.0)

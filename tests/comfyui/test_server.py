@@ -14,13 +14,14 @@ INPUTS = {
     "NPEditLoadCritic": ["family", "model", "text_encoder", "vae", "tokenizer", "dtype", "fake_weights"],
     "NPEditSampler": ["editor", "image", "instruction", "seed", "steps", "mask"],
     "NPEditVLMScore": ["judge", "reference", "edited", "instruction", "edit_type", "object"],
-    "NPEditDMDCritic": ["critic", "image", "caption", "seed", "guidance"],
+    "NPEditDMDCritic": ["critic", "image", "caption", "seed", "guidance", "positive", "negative"],
     "NPEditSelectBest": ["judge", "reference", "candidates", "instruction", "edit_type", "object"],
     "NPEditRefine": ["critic", "reference", "edited", "instruction", "edit_type", "object", "caption", "steps", "lr",
-                     "w_vlm", "w_dmd", "seed", "judge", "mask"],
+                     "w_vlm", "w_dmd", "seed", "judge", "mask", "positive", "negative"],
     "NPEditSigmas": ["steps", "shift"],
     "NPEditStepSampler": ["step", "eta"],
     "NPEditZImageReference": ["model", "reference"],
+    "NPEditCriticFromModel": ["model", "vae", "fake_weights"],
 }
 
 

@@ -187,6 +187,7 @@ io.Image, io.Mask, io.Latent = _type("IMAGE"), _type("MASK"), _type("LATENT")
 io.Int, io.Float, io.String = _type("INT", _IntInput), _type("FLOAT", _FloatInput), _type("STRING", _StringInput)
 io.Boolean, io.Combo = _type("BOOLEAN", _BooleanInput), _type("COMBO", _ComboInput)
 io.Model, io.Sigmas, io.Sampler = _type("MODEL"), _type("SIGMAS"), _type("SAMPLER")
+io.Conditioning, io.Vae = _type("CONDITIONING"), _type("VAE")
 
 
 class PreviewText:

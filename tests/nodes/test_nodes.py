@@ -142,7 +142,11 @@ def test_bad_inputs_name_the_input(pack, models, image):
     with pytest.raises(errors, match="reference: 2 images for 3 edited"):
         run(pack, "NPEditVLMScore", judge=models[1], reference=image.repeat(2, 1, 1, 1), edited=image.repeat(3, 1, 1, 1),
             instruction="x", edit_type="color", object="")
-    assert nodes(pack)["NPEditDMDCritic"].validate_inputs(caption="").startswith("caption: empty")
+    with pytest.raises(errors, match=r"caption\[0\]: empty"):  # checked when it runs: a critic on ComfyUI's MODEL reads none
+        run(pack, "NPEditDMDCritic", critic=models[2], image=image, caption=" ", seed=0, guidance=3.5)
+    with pytest.raises(errors, match="positive, negative: only for a critic from NP-Edit DMD Critic from MODEL"):
+        run(pack, "NPEditDMDCritic", critic=models[2], image=image, caption="a cat", seed=0, guidance=3.5,
+            positive=[[torch.zeros(1, 2, 8), {}]])
     # Combo values are checked by the pack: ComfyUI 0.3.75 does not check V3 combos itself.
     loader = nodes(pack)["NPEditLoadEditor"]
     assert loader.validate_inputs(model="gone/", dtype="float32").startswith("model: 'gone/' is not available")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_IDS = {
     "NPEditLoadEditor", "NPEditLoadJudge", "NPEditLoadCritic", "NPEditSampler",
     "NPEditVLMScore", "NPEditDMDCritic", "NPEditSelectBest", "NPEditRefine",
-    "NPEditSigmas", "NPEditStepSampler", "NPEditZImageReference",
+    "NPEditSigmas", "NPEditStepSampler", "NPEditZImageReference", "NPEditCriticFromModel",
 }
 
 
@@ -70,7 +70,9 @@ def test_seeds_state_their_control_widget_so_saved_workflows_are_unambiguous(pac
 def test_optional_sockets_and_list_outputs(pack):
     info = infos(pack)
     assert set(info["NPEditSampler"]["input"]["optional"]) == {"mask"}
-    assert set(info["NPEditRefine"]["input"]["optional"]) == {"judge", "mask"}
+    assert set(info["NPEditRefine"]["input"]["optional"]) == {"judge", "mask", "positive", "negative"}
+    assert set(info["NPEditDMDCritic"]["input"]["optional"]) == {"positive", "negative"}
+    assert info["NPEditCriticFromModel"]["output"] == ["NPEDIT_CRITIC"]
     assert info["NPEditVLMScore"]["output_is_list"] == [True, True, False]
     assert info["NPEditDMDCritic"]["output_is_list"] == [True, False]
     assert info["NPEditSelectBest"]["output"] == ["IMAGE", "INT", "FLOAT", "STRING"]

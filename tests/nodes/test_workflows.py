@@ -16,7 +16,7 @@ def object_info(pack):
 def test_the_example_workflows_exist_in_both_formats():
     names = {ui.stem for ui, _ in pairs()}
     assert names == {"edit", "edit_score", "best_of_n", "edit_refine", "microworld_edit", "zimage_core_nodes_edit",
-                     "core_editor_best_of_n"}
+                     "core_editor_best_of_n", "zimage_core_refine"}
     assert {p.stem for p in WORKFLOWS.glob("*.json")} == names  # no UI file without its API copy
 
 
