@@ -34,6 +34,28 @@ training scenes, `editor.SETTINGS`). From the shipped 12000-step warm-up it is t
 judge. Asked about the shipped NP-Edit editor's own outputs (100 held-out edits), the further-trained judge's
 identity answer follows the oracle's preservation less (correlation 0.13 against the shipped judge's 0.43), though
 its edit answer tells correct recolours from failed ones (P(done) 0.68 against 0.29; shipped judge 0.52 and 0.51).
+
+Where NP-Edit's gradient comes from is what `edit_progress` measures: the judge's answers on an edit partly done,
+(1 - a) source + a target, and on the finished edit with the shapes the instruction does not name faded by a
+(10 held-out edits per type, a = 0, .25, .5, .75, 1). The shipped judge: P(edit done) rises for backgrounds
+(0.00 0.04 0.60 0.87 0.97) and removals (0.40 -> 0.61) only; for recolours, adds and replaces it is 0.50-0.52 at
+every a, the finished edit included. P(rest unchanged) is 0.61-0.66 whatever happens to the other shapes, faded
+away included (background edits 0.47-0.62): the identity question protects nothing, and preservation comes from the
+warm-up and DMD. Judges trained further from it (all seed 0, measured by test_learning's NP-Edit run after 400
+steps, shipped judge 0.20 with preservation 0.77):
+- 1500 steps more on these questions (above): recolours rise 0.11 -> 0.74; P(rest unchanged) of a background edit
+  falls 0.91 -> 0.45 as the edit is done, so the identity question opposes it.
+- editor-like questions with hard answers (a variant not kept: No for an edit up to half done; half the
+  questions, 1500 steps, lr 1e-3):
+  accuracy on editor-like questions 0.747 (shipped 0.678); P(edit done) flat up to half done (background 0.00
+  0.00 0.16 0.39 0.97), recolours still flat, P(rest unchanged) falling with fading (removals 0.66 -> 0.24).
+  NP-Edit 0.04, preservation 0.86: a No for partly done edits takes away the slope a copying editor climbs.
+  The same at lr 3e-4: 0.06, 0.74.
+- `--editor-like 0.5` / `0.25` with the soft answers kept here (1200 steps, lr 1e-3): P(edit done) of a
+  background edit rises from a = 0 (0.02 0.27 0.44 0.74 0.98), recolours a little at 0.25 (0.41 -> 0.57); NP-Edit
+  0.08 / 0.02 with preservation 0.46 / 0.56: the editor now changes what it should keep.
+None is shipped. The judge NP-Edit needs here rises from a = 0 for every type, keeps P(rest unchanged) high along
+the edit and lowers it as other shapes fade; no judge built so far does all three.
 """
 
 from __future__ import annotations
@@ -126,12 +148,51 @@ def _second_edit(scene: Scene, first, rng: random.Random) -> Scene:
     return sample_scene(rng)
 
 
-def make_question(seed: int, kind: str | None = None) -> Question:
-    """One balanced training/evaluation question from an integer seed."""
+def editor_like_image(scene: Scene, edit, rng: random.Random, kind: str) -> tuple[torch.Tensor, float]:
+    """An image like those an editor in training makes, and the P(Yes) the judge should give it for `kind`'s question.
+
+    "edit": the edit partly done, (1 - a) source + a target, with P(Yes) = a ("does it still contain <object>?"
+    of a removal: 1 - a), so that the answer rises with every step an editor takes towards the edit; or (30 %, not
+    for background edits) everything erased, P(Yes) 0. "identity": the edit partly done (any a: the rest is
+    unchanged, P(Yes) 1), or done with the shapes the instruction did not name faded by b, P(Yes) = 1 - b, or
+    the whole image smeared, P(Yes) 0.
+    """
+    src, tgt = render(scene), render(edit.target)
+    a = rng.uniform(0.0, 1.0)
+    if kind == "edit":
+        if edit.edit_type != "background" and rng.random() < 0.3:
+            return render(Scene(scene.background, ())), 0.0
+        return (1 - a) * src + a * tgt, (1 - a) if edit.edit_type == "remove" else a
+    untouched = [s for j, s in enumerate(scene.shapes) if j not in edit.changed]
+    r = rng.random()
+    if r < 0.4:
+        return (1 - a) * src + a * tgt, 1.0
+    if not untouched or r < 0.5:
+        x = tgt[None]
+        for _ in range(rng.randint(2, 3)):
+            x = F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+        return x[0], 0.0
+    gone = untouched if rng.random() < 0.3 else rng.sample(untouched, rng.randint(1, len(untouched)))
+    without = render(Scene(edit.target.background, tuple(s for s in edit.target.shapes if s not in gone)))
+    return (1 - a) * tgt + a * without, 1 - a
+
+
+def make_question(seed: int, kind: str | None = None, editor_like: float = 0.0) -> Question:
+    """One balanced training/evaluation question from an integer seed.
+
+    editor_like: the share of questions about an image like an editor's in training (`editor_like_image`), with a soft
+    answer: the question's `p_yes` is the P(Yes) wanted, `desired` its rounding.
+    """
     rng = random.Random(seed)
     scene, edit = sample_example(rng.randrange(2**62))
     src = render(scene)
     kind = kind or rng.choice(["edit", "identity"])
+    if editor_like and rng.random() < editor_like:
+        image, p_yes = editor_like_image(scene, edit, rng, kind)
+        pair = edit_questions(src, degrade(image, rng), edit.instruction, edit.edit_type, edit.object)
+        q = pair[0] if kind == "edit" else pair[1]
+        q.desired, q.p_yes = ("Yes" if p_yes >= 0.5 else "No"), p_yes
+        return q
     positive = rng.random() < 0.5
     if kind == "edit" and edit.edit_type == "remove":
         # "Does this image contain <object>?": Yes on images that still have it.
@@ -159,7 +220,6 @@ def make_question(seed: int, kind: str | None = None) -> Question:
             else:
                 other = sample_edit(scene, rng)
                 candidate = other.target if other.target != edit.target else scene
-        desired = "Yes" if positive else "No"
     else:
         if positive:
             candidate = edit.target if rng.random() < 0.7 else scene
@@ -167,10 +227,9 @@ def make_question(seed: int, kind: str | None = None) -> Question:
             candidate = _second_edit(edit.target, edit, rng) if rng.random() < 0.8 else sample_scene(rng)
             if candidate == edit.target or candidate == scene:
                 candidate = sample_scene(rng)
-        desired = "Yes" if positive else "No"
     pair = edit_questions(src, degrade(render(candidate), rng), edit.instruction, edit.edit_type, edit.object)
     q = pair[0] if kind == "edit" else pair[1]
-    q.desired = desired
+    q.desired = "Yes" if positive else "No"
     return q
 
 
@@ -178,7 +237,10 @@ def question_loss(judge: Qwen25VLJudge, questions: list[Question]) -> tuple[torc
     """Two-token cross-entropy (the NP-Edit read-out) and per-question correctness."""
     logits = judge.answer_logits(questions)
     target = torch.tensor([0 if q.desired == "Yes" else 1 for q in questions])
-    return F.cross_entropy(logits, target), (logits.argmax(1) == target)
+    p_yes = torch.tensor([getattr(q, "p_yes", 1.0 if q.desired == "Yes" else 0.0) for q in questions])
+    log_p = logits.float().log_softmax(1)
+    loss = -(p_yes * log_p[:, 0] + (1 - p_yes) * log_p[:, 1]).mean()  # cross-entropy against (soft) answers
+    return loss, (logits.argmax(1) == target)
 
 
 CAPTION_PROMPT = "Describe this image."
@@ -231,13 +293,14 @@ def auxiliary_batch(seed: int, n: int) -> tuple[list[Question], list[str]]:
 
 
 @torch.no_grad()
-def evaluate(judge: Qwen25VLJudge, n: int = 600, seed: int = 10**9, batch: int = 50) -> dict:
-    """Held-out accuracy, overall and per (question kind, edit type)."""
+def evaluate(judge: Qwen25VLJudge, n: int = 600, seed: int = 10**9, batch: int = 50, editor_like: float = 0.0) -> dict:
+    """Held-out accuracy, overall and per (question kind, edit type); `editor_like` as in `make_question` (a soft
+    answer counts as right when the judge's more likely answer is its rounding)."""
     hits: dict[str, list[int]] = {}
     for start in range(0, n, batch):
         qs, types = [], []
         for i in range(start, min(n, start + batch)):
-            q = make_question(seed + i)
+            q = make_question(seed + i, editor_like=editor_like)
             qs.append(q)
             types.append(f"{q.kind}/" + _edit_type_of(seed + i))
         _, ok = question_loss(judge, qs)
@@ -280,13 +343,55 @@ def agreement(judge, items, outputs: torch.Tensor) -> dict:
     return report
 
 
+@torch.no_grad()
+def edit_progress(judge, items, shares=(0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
+    """The judge's answers along the two ways an editor that starts as a copy can move, where its gradient comes from.
+
+    For each edit type of `items` [(scene, edit)], per share a in `shares`:
+    - p_done, p_same: mean P(edit done) and P(rest unchanged) on the edit partly done, (1 - a) source + a target.
+      The judge can lead a copying editor to the edit only if p_done rises with a; p_same should stay high.
+    - p_same_faded: mean P(rest unchanged) on the finished edit with the shapes the instruction does not name
+      faded by a, (1 - a) target + a (target without them), over the items that have such shapes: it should fall
+      with a, or nothing keeps the editor from wiping them out.
+    """
+    edits = [e for _, e in items]
+    src = render_batch([s for s, _ in items])
+    tgt = render_batch([e.target for e in edits])
+    faded = []  # (index, target without the untouched shapes) of the items that have some
+    for i, (scene, e) in enumerate(items):
+        untouched = {x for j, x in enumerate(scene.shapes) if j not in e.changed}
+        if untouched:
+            kept = tuple(x for x in e.target.shapes if x not in untouched)
+            faded.append((i, render(Scene(e.target.background, kept))))
+    idx = [i for i, _ in faded]
+    bare = torch.stack([b for _, b in faded]) if faded else None
+
+    def ask(rows, images):
+        chosen = [edits[i] for i in rows]
+        return score_edits(judge, src[rows], images, [e.instruction for e in chosen], [e.edit_type for e in chosen],
+                           [e.object for e in chosen])
+
+    report: dict = {}
+    for a in shares:
+        whole = ask(list(range(len(edits))), (1 - a) * src + a * tgt)
+        rest = ask(idx, (1 - a) * tgt[idx] + a * bare) if faded else None
+        for kind in dict.fromkeys(e.edit_type for e in edits):
+            row = report.setdefault(kind, {"p_done": [], "p_same": [], "p_same_faded": []})
+            group = [i for i, e in enumerate(edits) if e.edit_type == kind]
+            row["p_done"].append(round(sum(whole.p_edit[i] for i in group) / len(group), 3))
+            row["p_same"].append(round(sum(whole.p_identity[i] for i in group) / len(group), 3))
+            some = [k for k, i in enumerate(idx) if edits[i].edit_type == kind]
+            row["p_same_faded"].append(round(sum(rest.p_identity[k] for k in some) / len(some), 3) if some else None)
+    return {"shares": list(shares), **report}
+
+
 def _edit_type_of(seed: int) -> str:
     rng = random.Random(seed)
     return sample_example(rng.randrange(2**62))[1].edit_type
 
 
 def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr: float = 1e-3, save_every: int = 100,
-          aux_weight: float = 1.0, resume_from: str | Path | None = None, log=print) -> dict:
+          aux_weight: float = 1.0, resume_from: str | Path | None = None, editor_like: float = 0.0, log=print) -> dict:
     """Train the judge (from scratch, or on from the judge folder `resume_from`) and save it to `out`.
 
     A resumed build draws its questions from another stream (seed + 1) and restarts the warm-up +
@@ -315,7 +420,7 @@ def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     ema_loss, ema_acc = None, None
     for step in range(steps):
-        qs = [make_question(seed * 1_000_003 + step * batch + i) for i in range(batch)]
+        qs = [make_question(seed * 1_000_003 + step * batch + i, editor_like=editor_like) for i in range(batch)]
         loss, ok = question_loss(judge, qs)
         if aux_weight:
             aux_q, aux_t = auxiliary_batch(seed * 7_000_003 + step, batch // 2)
@@ -335,9 +440,15 @@ def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr
                                           "train_acc_ema": round(ema_acc, 4), "seconds": round(time.perf_counter() - start, 1)})
     model.eval().requires_grad_(False)
     train_seconds = time.perf_counter() - start
+    from .editor import eval_items
+
     metrics = evaluate(judge)
+    like_metrics = evaluate(judge, editor_like=0.5)
+    progress = edit_progress(judge, eval_items(10))
     report = {**history, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "train_seconds": round(train_seconds, 1),
-              "final_train_loss_ema": round(ema_loss, 4), "final_train_acc_ema": round(ema_acc, 4), "held_out": metrics,
+              "final_train_loss_ema": round(ema_loss, 4), "final_train_acc_ema": round(ema_acc, 4),
+              "editor_like": editor_like,
+              "held_out": metrics, "held_out_editor_like": like_metrics, "edit_progress": progress,
               "params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads()}
     _save(out, model, tokenizer, report)
     log(f"judge: {report}")
@@ -363,13 +474,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--resume-from", default=None, help="a previous --out folder whose judge training continues")
+    ap.add_argument("--editor-like", type=float, default=0.0,
+                    help="share of questions about editor-like images, with soft answers (make_question)")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if a.steps < 1:
         ap.error(f"--steps must be at least 1, got {a.steps}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    build(a.out, a.steps, a.seed, a.batch, a.lr, resume_from=a.resume_from)
+    build(a.out, a.steps, a.seed, a.batch, a.lr, resume_from=a.resume_from, editor_like=a.editor_like)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,46 @@ def test_judge_agreement_splits_its_answers_by_the_oracle(cfg):
     assert copies["identity_vs_preservation"] is None  # every copy keeps everything: nothing to correlate
 
 
+def test_judge_edit_progress_is_its_answer_along_the_way_from_copy_to_edit(cfg):
+    """`judge.edit_progress`: at share 0 the unchanged copy, at 1 the target, as `agreement` sees them."""
+    from npedit_core.microworld.editor import eval_items
+    from npedit_core.microworld.judge import agreement, edit_progress
+
+    judge, items = build_judge(cfg.judge), eval_items(4)
+    progress = edit_progress(judge, items)
+    targets = agreement(judge, items, render_batch([e.target for _, e in items]))
+    copies = agreement(judge, items, render_batch([s for s, _ in items]))
+    assert progress["shares"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    for kind in ("color", "remove", "add", "replace", "background"):
+        assert progress[kind]["p_done"][0] == pytest.approx(copies[kind]["p_done_fail"], abs=1e-3)
+        assert progress[kind]["p_done"][-1] == pytest.approx(targets[kind]["p_done_pass"], abs=1e-3)
+    done = progress["background"]["p_done"]  # the shipped judge follows a background edit all the way
+    assert done == sorted(done) and done[0] < 0.1 and done[-1] > 0.9
+
+
+def test_editor_like_judge_questions_answer_with_the_share_done():
+    """Half-done edits are asked about with a soft answer: P(Yes) = the share of the edit done."""
+    import random
+
+    from npedit_core.microworld.judge import editor_like_image, make_question
+    from npedit_core.microworld.world import render
+
+    seen = set()
+    for seed in range(60):
+        rng = random.Random(seed)
+        scene, edit = sample_example(seed)
+        src, tgt = render(scene), render(edit.target)
+        image, p_yes = editor_like_image(scene, edit, rng, "edit")
+        share = 1 - p_yes if edit.edit_type == "remove" else p_yes
+        erased = p_yes == 0.0 and torch.equal(image, render(type(scene)(scene.background, ())))
+        assert erased or torch.allclose(image, (1 - share) * src + share * tgt, atol=1e-6), seed
+        seen.add("erased" if erased else "partly done")
+        q = make_question(seed, "identity", editor_like=1.0)
+        assert 0.0 <= q.p_yes <= 1.0 and q.desired == ("Yes" if q.p_yes >= 0.5 else "No")
+    assert seen == {"erased", "partly done"}
+    assert not hasattr(make_question(0), "p_yes")  # the judge's own questions keep their hard answers
+
+
 def test_backbone_options_file_is_checked(tmp_path):
     from npedit_core.backbones.flux2_klein import BACKBONE_OPTIONS_FILE, _backbone_options
 
