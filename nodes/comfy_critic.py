@@ -7,7 +7,8 @@
   flow-matching model is our t (x_t = (1 - t) x0 + t eps), so no time conversion is needed.
 - `fake(x_t, t, cond)`: the same MODEL with the fake-score LoRA (`train_cli export --role fake`) put on by ComfyUI's
   LoRA code, as LoraLoaderModelOnly does: a clone that shares the weights. ComfyUI patches the weights in place
-  when it switches between the clone and the MODEL, so each switch re-applies the LoRA (and, on a GPU, can move the model).
+  when it switches between the clone and the MODEL, so each switch re-applies the LoRA (and, on a GPU, can move
+  the model).
 - `backbone`: encodes and decodes with ComfyUI's VAE, in the latents the model reads (`process_in` of its latent
   format); decoding is differentiable, for the judge term of Refine.
 Text arrives as CONDITIONING (CLIP Text Encode's output), which the core functions take as `text` and `negative_text`.
@@ -42,7 +43,8 @@ def fake_score_patches(path: str) -> dict[str, torch.Tensor]:
     try:
         with safe_open(path, framework="pt") as handle:
             meta = handle.metadata() or {}
-            weights = {k: handle.get_tensor(k) for k in handle.keys()} if meta.get("npedit_format") == "comfyui_lora" else None
+            ours = meta.get("npedit_format") == "comfyui_lora"
+            weights = {k: handle.get_tensor(k) for k in handle.keys()} if ours else None
     except Exception:  # not safetensors: read_export says what it is
         weights = None
     if weights is None:
@@ -97,7 +99,8 @@ class ComfyVAEBackbone:
 class ComfyCritic:
     """Teacher = ComfyUI's MODEL, fake score = that MODEL with the fake LoRA; see the module docstring."""
 
-    def __init__(self, model, vae, fake_lora: dict[str, torch.Tensor], strength: float = 1.0, name: str = "fake_weights"):
+    def __init__(self, model, vae, fake_lora: dict[str, torch.Tensor], strength: float = 1.0,
+                 name: str = "fake_weights"):
         import comfy.lora
         import comfy.lora_convert
         import comfy.model_sampling
@@ -121,9 +124,9 @@ class ComfyCritic:
         s = float(t.flatten()[0])
         sigmas = torch.tensor([s, 0.0])
         # comfy.samplers.sample starts from t * noise + (1 - t) * latent: with a zero latent, noise = x_t / t
+        zeros = torch.zeros_like(x_t, dtype=torch.float32)
         x0 = comfy.samplers.sample(model, (x_t / s).float(), cond, cond, 1.0, model.load_device, PREDICT_X0, sigmas,
-                                   model_options=model.model_options, latent_image=torch.zeros_like(x_t, dtype=torch.float32),
-                                   disable_pbar=True, seed=0)
+                                   model_options=model.model_options, latent_image=zeros, disable_pbar=True, seed=0)
         x0 = model.model.process_latent_in(x0).to(x_t.device, x_t.dtype)
         return (x_t - x0) / s
 
@@ -151,7 +154,7 @@ def text_inputs() -> list:
 
 
 def critic_text(critic, positive, negative) -> dict:
-    """Keyword arguments for the core call: the conditioning pair for a ComfyCritic, nothing for the pack's own critic."""
+    """Keyword arguments for the core call: the conditioning pair for a ComfyCritic; none for the pack's critic."""
     if isinstance(critic, ComfyCritic):
         if positive is None or negative is None:
             raise NPEditError("positive, negative: a critic on ComfyUI's MODEL reads its text as conditioning: connect "
