@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import multiprocessing
+import shutil
 import statistics
 import sys
 import time
@@ -47,16 +48,19 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
         quiet: bool = False, warmup: Path = WARMUP_FILE) -> dict:
     """One row x seed: the warm-up row is the NP-Edit trainer at 0 steps (the warm-up editor `warmup`).
 
-    `quiet` hides the trainer's progress bar (parallel runs' bars interleave unreadably); errors still raise.
+    Every run starts afresh in `work`/ROW-sSEED: a folder left there by an earlier benchmark (other steps, another
+    warm-up) is deleted, not resumed. `quiet` hides the trainer's progress bar (parallel runs' bars interleave
+    unreadably); errors still raise.
     """
     if threads:
         torch.set_num_threads(threads)
     label = variant
     variant = "npedit" if variant == "warmup" else variant
     started = time.perf_counter()
+    run_dir = work / f"{label}-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     # the warm-up row builds the trainer like the others (configs need train.steps >= 1) and does not train
-    trainer = make_trainer(variant, work / f"{label}-s{seed}", manifest, items, max(steps, 1), seed, init_from=warmup,
-                           log=lambda *a: None)
+    trainer = make_trainer(variant, run_dir, manifest, items, max(steps, 1), seed, init_from=warmup, log=lambda *a: None)
     if steps:
         with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
             trainer.run()

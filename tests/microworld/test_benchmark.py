@@ -67,3 +67,17 @@ def test_rows_record_how_the_judge_answers_about_their_outputs(tmp_path):
             assert got["n_pass"] + got["n_fail"] == 2
             assert all(p is None or 0 <= p <= 1 for p in (got["p_done_pass"], got["p_done_fail"]))
         assert "identity_vs_preservation" in row["judge"]
+
+
+def test_a_run_folder_left_by_an_earlier_benchmark_is_not_resumed(tmp_path):
+    """The default --work folder outlives a benchmark: the next one (other steps, another warm-up) starts afresh."""
+    import torch
+
+    bench = _benchmark()
+    items, evals = examples(8), eval_items(1)
+    manifest = write_manifest(tmp_path / "data", items)
+    bench.run("supervised", 0, 2, tmp_path / "old", manifest, items, evals, quiet=True)  # leaves a step-2 checkpoint
+    again = bench.run("supervised", 0, 1, tmp_path / "old", manifest, items, evals, quiet=True)
+    fresh = bench.run("supervised", 0, 1, tmp_path / "new", manifest, items, evals, quiet=True)
+    assert torch.equal(again["outputs"], fresh["outputs"])
+    assert latest_checkpoint(tmp_path / "old" / "supervised-s0").name == "step-00000001.pt"
