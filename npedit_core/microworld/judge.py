@@ -173,8 +173,7 @@ def editor_like_image(scene: Scene, edit, rng: random.Random, kind: str) -> tupl
             x = F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
         return x[0], 0.0
     gone = untouched if rng.random() < 0.3 else rng.sample(untouched, rng.randint(1, len(untouched)))
-    without = render(Scene(edit.target.background, tuple(s for s in edit.target.shapes if s not in gone)))
-    return (1 - a) * tgt + a * without, 1 - a
+    return (1 - a) * tgt + a * render(_untouched_gone(scene, edit, gone)), 1 - a
 
 
 def make_question(seed: int, kind: str | None = None, editor_like: float = 0.0) -> Question:
@@ -312,6 +311,18 @@ def evaluate(judge: Qwen25VLJudge, n: int = 600, seed: int = 10**9, batch: int =
     return out
 
 
+def _untouched_gone(scene: Scene, edit, gone=None) -> Scene:
+    """The edit's target without the shapes of `scene` the edit does not touch (`gone`, default: all of them)."""
+    gone = [x for j, x in enumerate(scene.shapes) if j not in edit.changed] if gone is None else gone
+    return Scene(edit.target.background, tuple(x for x in edit.target.shapes if x not in gone))
+
+
+def _answers(judge, references: torch.Tensor, images: torch.Tensor, edits):
+    """The judge's two answers (`score_edits`) about `images` as results of `edits` on `references`."""
+    return score_edits(judge, references, images, [e.instruction for e in edits], [e.edit_type for e in edits],
+                       [e.object for e in edits])
+
+
 @torch.no_grad()
 def agreement(judge, items, outputs: torch.Tensor) -> dict:
     """How the judge's answers about editor outputs follow the oracle, where NP-Edit's signal comes from.
@@ -323,8 +334,7 @@ def agreement(judge, items, outputs: torch.Tensor) -> dict:
     """
     verdicts = [score(o, s, e) for o, (s, e) in zip(outputs, items)]
     edits = [e for _, e in items]
-    answers = score_edits(judge, render_batch([s for s, _ in items]), outputs, [e.instruction for e in edits],
-                          [e.edit_type for e in edits], [e.object for e in edits])
+    answers = _answers(judge, render_batch([s for s, _ in items]), outputs, edits)
     report: dict = {}
     for kind in dict.fromkeys(e.edit_type for e in edits):
         groups = {"pass": [], "fail": []}
@@ -357,24 +367,12 @@ def edit_progress(judge, items, shares=(0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
     edits = [e for _, e in items]
     src = render_batch([s for s, _ in items])
     tgt = render_batch([e.target for e in edits])
-    faded = []  # (index, target without the untouched shapes) of the items that have some
-    for i, (scene, e) in enumerate(items):
-        untouched = {x for j, x in enumerate(scene.shapes) if j not in e.changed}
-        if untouched:
-            kept = tuple(x for x in e.target.shapes if x not in untouched)
-            faded.append((i, render(Scene(e.target.background, kept))))
-    idx = [i for i, _ in faded]
-    bare = torch.stack([b for _, b in faded]) if faded else None
-
-    def ask(rows, images):
-        chosen = [edits[i] for i in rows]
-        return score_edits(judge, src[rows], images, [e.instruction for e in chosen], [e.edit_type for e in chosen],
-                           [e.object for e in chosen])
-
+    idx = [i for i, (scene, e) in enumerate(items) if len(scene.shapes) > len(e.changed)]  # items with untouched shapes
+    bare = render_batch([_untouched_gone(*items[i]) for i in idx]) if idx else None
     report: dict = {}
     for a in shares:
-        whole = ask(list(range(len(edits))), (1 - a) * src + a * tgt)
-        rest = ask(idx, (1 - a) * tgt[idx] + a * bare) if faded else None
+        whole = _answers(judge, src, (1 - a) * src + a * tgt, edits)
+        rest = _answers(judge, src[idx], (1 - a) * tgt[idx] + a * bare, [edits[i] for i in idx]) if idx else None
         for kind in dict.fromkeys(e.edit_type for e in edits):
             row = report.setdefault(kind, {"p_done": [], "p_same": [], "p_same_faded": []})
             group = [i for i, e in enumerate(edits) if e.edit_type == kind]
