@@ -46,11 +46,13 @@ import torch.nn.functional as F
 
 from ..backbones.flux2_klein import BACKBONE_OPTIONS_FILE, Flux2KleinBackbone, _KLEIN_TRANSFORMER_COMMON
 from .autoencoder import build as build_autoencoder
+from .language import pretrain as pretrain_text_encoder
 from .tokenizer import train_tokenizer
 from .world import SIZE, render_batch, sample_example, sample_scene
 
 TEXT_HIDDEN = 32
 TEXT_LAYERS = (1, 2, 3)
+TEXT_STEPS = 0  # steps of the text encoder's training on the world's language (language.py); 0: random, frozen
 NEGATIVE_PROMPT = "low quality, artifacts"  # config.LossConfig.negative_prompt
 EVAL_SEED_BASE = 10**8  # held-out scenes (the editors' evaluation seeds; the teacher trains on seeds near 0)
 
@@ -170,7 +172,8 @@ def scene_accuracy(backbone: Flux2KleinBackbone, n: int = 100, seed: int = 0, **
 
 
 def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, resume_from: str | Path | None = None,
-          vae_from: str | Path | None = None, n_data: int = 10000, size: int = SIZE, log=print) -> dict:
+          vae_from: str | Path | None = None, n_data: int = 10000, size: int = SIZE, text_steps: int = TEXT_STEPS,
+          log=print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"seed": seed, "teacher_steps": steps, "n_data": n_data, "image_size": size}
@@ -187,6 +190,11 @@ def build(out: str | Path, steps: int = 3000, seed: int = 0, lr: float = 1e-3, r
     options = {"text_layers": list(TEXT_LAYERS), "max_sequence_length": max_len, "vae": "taef2"}
     (out / BACKBONE_OPTIONS_FILE).write_text(json.dumps(options))
     text_encoder = build_text_encoder(len(tokenizer), seed, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    if resume_from is not None:  # the transformer read this encoder's features: keep it
+        text_encoder = type(text_encoder).from_pretrained(str(Path(resume_from) / "text_encoder")).eval()
+    elif text_steps:
+        report["text_encoder"] = pretrain_text_encoder(text_encoder, tokenizer, max_len, NEGATIVE_PROMPT,
+                                                       steps=text_steps, seed=seed, log=log)
     text_encoder.save_pretrained(str(out / "text_encoder"))
 
     # The world's own autoencoder in vae/, found there by npedit_backbone.json's {"vae": "taef2"}.
@@ -231,6 +239,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--resume-from", default=None, help="a previous --out folder whose transformer training continues")
     ap.add_argument("--vae-from", default=None, help="an autoencoder folder (autoencoder.py's --out) to copy, not train")
+    ap.add_argument("--text-steps", type=int, default=TEXT_STEPS,
+                    help="train the text encoder on the world's language first (language.py); 0: keep it random")
     ap.add_argument("--size", type=int, default=SIZE, help="image side in pixels (a multiple of 16)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args(argv)
@@ -240,7 +250,7 @@ def main(argv=None) -> None:
         ap.error(f"--size must be a positive multiple of 16 (the autoencoder's 8x and the 2x2 patches), got {a.size}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    build(a.out, a.steps, a.seed, a.lr, a.resume_from, a.vae_from, a.n_data, a.size)
+    build(a.out, a.steps, a.seed, a.lr, a.resume_from, a.vae_from, a.n_data, a.size, a.text_steps)
 
 
 if __name__ == "__main__":
