@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from npedit_core.backbones.flux2_klein import Flux2KleinBackbone
 from npedit_core.microworld.autoencoder import build as build_autoencoder
 from npedit_core.microworld.teacher import build
@@ -21,13 +19,3 @@ def test_build_writes_a_folder_that_loads_and_records_its_scene_accuracy(tmp_pat
     assert json.loads((folder / "train_log.json").read_text())["scene_accuracy"] == report["scene_accuracy"]
     for config in folder.rglob("*.json"):  # shipped folders must not carry the path they were built in
         assert str(tmp_path) not in config.read_text(), config
-
-
-def test_a_trained_text_encoder_is_built_once_and_kept_by_continuations(tmp_path):
-    quiet = lambda *a: None  # noqa: E731
-    build_autoencoder(tmp_path / "vae", steps=1, width=8, batch=2, n_data=4, log=quiet)
-    first = build(tmp_path / "a", steps=1, n_data=8, vae_from=tmp_path / "vae", text_steps=2, log=quiet)
-    assert first["text_encoder"]["steps"] == 2 and "held_out_said_fields_right" in first["text_encoder"]
-    build(tmp_path / "b", steps=1, n_data=8, resume_from=tmp_path / "a", vae_from=tmp_path / "vae", log=quiet)
-    a, b = (Flux2KleinBackbone.from_pretrained(str(tmp_path / x)).text_encoder.state_dict() for x in "ab")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # the transformer read these features: a continuation keeps them
