@@ -3,7 +3,8 @@
 Rows (npedit_core/microworld/editor.py VARIANTS), all from the shipped warm-up editor, at equal editor
 steps, batch and learning rate, each over several seeds (training seed = noise seed of the oracle's
 edits): NP-Edit (judge + DMD), (a) supervised flow matching on the procedural pairs, (b) only DMD,
-(c) only the VLM loss, (d) no identity question; plus the warm-up editor itself (no further training).
+(c) only the VLM loss, (d) no identity question; plus the warm-up editor itself (no further training)
+and (a') the supervised row at its own learning rate, 5e-4 (`supervised_lr5e-4`), where it learns faster.
 The oracle (microworld/oracle.py) scores success and preservation per edit type on a fixed balanced
 evaluation set. Writes benchmarks/results/microworld.json, microworld.md and microworld_grid.png.
 

@@ -81,3 +81,16 @@ def test_a_run_folder_left_by_an_earlier_benchmark_is_not_resumed(tmp_path):
     fresh = bench.run("supervised", 0, 1, tmp_path / "new", manifest, items, evals, quiet=True)
     assert torch.equal(again["outputs"], fresh["outputs"])
     assert latest_checkpoint(tmp_path / "old" / "supervised-s0").name == "step-00000001.pt"
+
+
+def test_the_paired_baseline_at_its_own_learning_rate_trains_on_the_pairs(tmp_path):
+    """`supervised_lr5e-4` is the supervised row (flow matching on the true pairs) at the warm-up's learning rate."""
+    from npedit_core.microworld.editor import SupervisedTrainer, make_trainer
+
+    items = examples(4)
+    manifest = write_manifest(tmp_path / "data", items)
+    trainers = {v: make_trainer(v, tmp_path / v, manifest, items, 1, 0, log=lambda *a: None)
+                for v in ("supervised", "supervised_lr5e-4")}
+    assert all(isinstance(t, SupervisedTrainer) and t.judge is None for t in trainers.values())
+    assert (trainers["supervised"].cfg.optim.lr, trainers["supervised_lr5e-4"].cfg.optim.lr) == (1e-4, 5e-4)
+    assert trainers["supervised_lr5e-4"].cfg.train.stage == "warmup"
