@@ -53,9 +53,9 @@ SETTINGS = [
     # a rank-32 LoRA warm-up copied far worse in the same 300 steps (loss 0.28, objects lost)
     "train.batch_size=8", "train.gradient_checkpointing=false",  # tiny models: memory is no issue
     "train.log_every=1", "train.preview_every=0", "train.keep_checkpoints=1",
-    "optim.lr=1e-4", "optim.fake_lr=1e-4",  # minutes, not days: 5x the re-implementation's 2e-5 (5e-4 wrecked the copy in 2 steps)
     # 3e-4 for both, from the shipped warm-up (test_learning's run, seed 0, 400 steps): success 0.24 against 0.20,
     # preservation 0.71 against 0.77, nearly all of the gain removals (0.9)
+    "optim.lr=1e-4", "optim.fake_lr=1e-4",  # minutes, not days: 5x the re-implementation's 2e-5 (5e-4 wrecked the copy in 2 steps)
     # the two-time-scale rule at 2:1: measured over 40 steps (w_vlm 3, seeds 0/1), preservation 0.56/0.50
     # at 1:1, 0.69/0.57 at 2:1, 0.61/0.54 at 5:1 (which costs 1.5x the time of 2:1 on a CPU)
     "loss.fake_updates=2",
