@@ -80,7 +80,8 @@ VARIANTS: dict[str, list[str]] = {
     # The same at its own learning rate, the stronger baseline: flow matching on pairs learns edits far faster at the
     # warm-up's 5e-4 than at NP-Edit's 1e-4 (SETTINGS: NP-Edit's copy does not survive 5e-4). Measured from the
     # shipped warm-up, seed 0, 250 held-out edits, 5000 training scenes: 0.28 / 0.31 / 0.52 success after 1000 /
-    # 2000 / 4000 steps, against 0.22 / 0.26 / 0.36 at 1e-4 (0.42 / 0.44 after 7000 / 10000).
+    # 2000 / 4000 steps (seed 1: 0.32 / 0.40 / 0.40), against 0.22 / 0.26 / 0.36 at 1e-4 (0.42 / 0.44 after 7000 /
+    # 10000); 1e-3 is no faster (0.25 / 0.31 / 0.46).
     "supervised_lr5e-4": ["train.stage=warmup", "optim.lr=5e-4"],
     "dmd_only": ["loss.w_vlm=0"],
     "vlm_only": ["loss.w_dmd=0", "loss.fake_updates=0"],
