@@ -87,7 +87,6 @@ VARIANTS: dict[str, list[str]] = {
     "vlm_only": ["loss.w_dmd=0", "loss.fake_updates=0"],
     "no_identity": ["loss.identity_question=false"],
 }
-PAIRED = ("supervised", "supervised_lr5e-4")  # the variants trained on the true pairs (SupervisedTrainer)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -152,9 +151,12 @@ class SupervisedTrainer(Trainer):
 
 def make_trainer(variant: str, run_dir, manifest, items, steps: int, seed: int, init_from=WARMUP_FILE,
                  extra=(), log=print) -> Trainer:
-    """A Trainer for `variant` whose editor starts from the warm-up file (None: from the teacher)."""
+    """A Trainer for `variant` whose editor starts from the warm-up file (None: from the teacher).
+
+    The variants in the warm-up stage (flow matching) are the paired baselines: their targets are the true edits.
+    """
     cfg = make_config(run_dir, manifest, steps, seed, [*VARIANTS[variant], *extra])
-    trainer = SupervisedTrainer(cfg, items, log=log) if variant in PAIRED else Trainer(cfg, log=log)
+    trainer = SupervisedTrainer(cfg, items, log=log) if cfg.train.stage == "warmup" else Trainer(cfg, log=log)
     if init_from is not None and trainer.step == 0:  # not when resuming the run directory
         load_warmup(trainer, init_from)
     return trainer
