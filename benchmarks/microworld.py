@@ -10,8 +10,8 @@ evaluation set. Writes benchmarks/results/microworld.json, microworld.md and mic
 
     python benchmarks/microworld.py --steps 100 --seeds 0 1 2 --jobs 2
 
-It first measures the world's own parts (autoencoder round trip, teacher scene accuracy, judge accuracy):
-they bound what any editor can reach here. Each row also records how the judge answers about its outputs
+It first measures the world's own parts (autoencoder round trip, teacher scene accuracy, judge accuracy, whether
+the judge sees the scene): they bound what any editor can reach here. Each row also records how the judge answers about its outputs
 (`judge` in the JSON: microworld/judge.py `agreement`), where NP-Edit's signal comes from.
 """
 
@@ -78,9 +78,12 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
 def parts(evals, n_captions: int = 100) -> dict:
     """The world's own models, measured where they bound an editor: the autoencoder's round trip of the
     evaluation scenes (an editor cannot keep more than it keeps), the teacher's text-to-image scene
-    accuracy (oracle.scene_match), and the judge's held-out accuracy (from its train_log.json)."""
+    accuracy (oracle.scene_match), the judge's held-out accuracy (from its train_log.json) and whether the judge sees
+    the scene (its own captions of held-out scenes, judge.caption_accuracy)."""
     from npedit_core.backbones.flux2_klein import Flux2KleinBackbone
+    from npedit_core.judges.qwen2_5_vl import Qwen25VLJudge
     from npedit_core.microworld.editor import JUDGE_DIR, TEACHER_DIR
+    from npedit_core.microworld.judge import caption_accuracy
     from npedit_core.microworld.teacher import scene_accuracy
 
     backbone = Flux2KleinBackbone.from_pretrained(str(TEACHER_DIR), dtype=torch.float32)
@@ -92,6 +95,7 @@ def parts(evals, n_captions: int = 100) -> dict:
                         "kept_pixels": round(float(((back - images).abs().amax(1) < 0.1).float().mean()), 4)},
         "teacher": scene_accuracy(backbone, n_captions),
         "judge": json.loads((JUDGE_DIR / "train_log.json").read_text())["held_out"],
+        "judge_captions": caption_accuracy(Qwen25VLJudge.from_pretrained(str(JUDGE_DIR), dtype=torch.float32).eval()),
     }
 
 
@@ -118,7 +122,10 @@ def markdown(summary: dict, steps: int, n_eval: int, world: dict | None = None) 
         lines += [f"World parts: autoencoder round trip {ae['psnr']} dB, {ae['kept_pixels']:.3f} of pixels within 0.1; "
                   f"teacher draws the caption's scene in {teacher['scene']:.2f} of {teacher['n']} held-out captions "
                   f"(background {teacher['background']:.2f}, shapes {teacher['shape']:.2f}); judge held-out accuracy "
-                  f"{judge['accuracy']:.3f}.", ""]
+                  f"{judge['accuracy']:.3f}"
+                  + (f", and its own captions of held-out scenes name a shape's colour and kind in "
+                     f"{world['judge_captions']['colour_kind']:.2f} of shapes" if "judge_captions" in world else "")
+                  + ".", ""]
     lines += [f"Micro-world, {steps} editor steps from the shipped warm-up, oracle on {n_eval} balanced held-out "
               "edits; mean ± std over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, row in summary.items():

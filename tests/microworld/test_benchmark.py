@@ -94,3 +94,15 @@ def test_the_paired_baseline_at_its_own_learning_rate_trains_on_the_pairs(tmp_pa
     assert all(isinstance(t, SupervisedTrainer) and t.judge is None for t in trainers.values())
     assert (trainers["supervised"].cfg.optim.lr, trainers["supervised_lr5e-4"].cfg.optim.lr) == (1e-4, 5e-4)
     assert trainers["supervised_lr5e-4"].cfg.train.stage == "warmup"
+
+
+def test_world_parts_say_whether_the_judge_sees_the_scene():
+    """The benchmark's world measurements include the judge's own captions of held-out scenes, and its table says so."""
+    bench = _benchmark()
+    world = bench.parts(eval_items(1), n_captions=2)
+    seen = world["judge_captions"]
+    assert set(seen) == {"exact", "background", "shape_phrase", "colour_kind"}
+    assert all(0.0 <= v <= 1.0 for v in seen.values())
+    assert seen["background"] > 0.9  # the shipped judge names every held-out background (measured 1.00)
+    text = bench.markdown({}, 0, 5, world)
+    assert f"colour and kind in {seen['colour_kind']:.2f} of shapes" in text

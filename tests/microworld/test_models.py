@@ -174,3 +174,61 @@ def test_shipped_editors_are_what_their_commands_build_by_default():
     assert read_export(WARMUP_FILE, tensors=False)[1]["step"] == str(WARMUP_STEPS)
     assert json.loads((NPEDIT_FILE.parent / "npedit_editor_log.json").read_text())["steps"] == NPEDIT_STEPS
     assert read_export(NPEDIT_FILE, tensors=False)[1]["step"] == str(NPEDIT_STEPS)
+
+
+def test_caption_scores_tell_a_judge_that_sees_from_one_that_guesses():
+    from npedit_core.microworld.judge import caption_scores
+    from npedit_core.microworld.world import KINDS
+
+    scenes = [sample_example(EVAL_SEED_BASE + i)[0] for i in range(20)]
+    right = caption_scores(scenes, [s.caption() for s in scenes])
+    assert right == {"exact": 1.0, "background": 1.0, "shape_phrase": 1.0, "colour_kind": 1.0}
+
+    def other_kind(kind):
+        return KINDS[(KINDS.index(kind) + 1) % len(KINDS)]
+
+    guessed = [s.caption() for s in scenes]  # every shape named with the next kind: colours and places still right
+    for i, s in enumerate(scenes):
+        for shape in s.shapes:
+            guessed[i] = guessed[i].replace(shape.name, f"{shape.color} {other_kind(shape.kind)}")
+    wrong = caption_scores(scenes, guessed)
+    assert wrong["background"] == 1.0 and wrong["exact"] < 0.5 and wrong["colour_kind"] < 0.5
+    assert caption_scores(scenes, [""] * len(scenes)) == {"exact": 0.0, "background": 0.0, "shape_phrase": 0.0,
+                                                          "colour_kind": 0.0}
+
+
+def test_caption_phase_teaches_a_new_judge_to_caption():
+    """`judge --caption-steps`: captioning alone lowers a new judge's caption loss on held-out scenes."""
+    import random
+
+    from npedit_core.judges.base import Question
+    from npedit_core.judges.qwen2_5_vl import SPEC, Qwen25VLJudge
+    from npedit_core.microworld.judge import JUDGE_SIDE, CAPTION_PROMPT, build_model, caption_phase, continuation_loss
+    from npedit_core.microworld.tokenizer import train_tokenizer
+    from npedit_core.microworld.world import render, sample_scene
+
+    tokenizer = train_tokenizer(None, 0)
+    spec = type(SPEC)(**{**SPEC.__dict__, "min_pixels": JUDGE_SIDE**2, "max_pixels": JUDGE_SIDE**2})
+    judge = Qwen25VLJudge(build_model(tokenizer, 0), tokenizer, spec)
+    rng = random.Random(EVAL_SEED_BASE)
+    scenes = [sample_scene(rng) for _ in range(32)]
+    questions = [Question(CAPTION_PROMPT, [render(s)]) for s in scenes]
+
+    def held_out_loss():
+        with torch.no_grad():
+            return continuation_loss(judge, questions, [s.caption() for s in scenes]).item()
+
+    before = held_out_loss()
+    judge.model.train().requires_grad_(True)
+    caption_phase(judge, steps=30, seed=0, batch=8, lr=1e-3, log=lambda *a: None)
+    judge.model.eval().requires_grad_(False)
+    after = held_out_loss()
+    assert after < 0.6 * before, f"caption loss {before:.3f} -> {after:.3f}"
+
+
+def test_judge_build_refuses_a_negative_caption_phase(tmp_path):
+    from npedit_core.microworld.judge import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--caption-steps", "-1"])
+    assert not any(tmp_path.iterdir())
