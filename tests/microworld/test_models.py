@@ -226,9 +226,10 @@ def test_caption_phase_teaches_a_new_judge_to_caption():
     assert after < 0.6 * before, f"caption loss {before:.3f} -> {after:.3f}"
 
 
-def test_judge_build_refuses_a_negative_caption_phase(tmp_path):
+def test_judge_build_refuses_a_negative_caption_phase(tmp_path, capsys):
     from npedit_core.microworld.judge import main
 
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--caption-steps", "-1"])
+    assert "--caption-steps must be 0 or more, got -1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
