@@ -61,10 +61,10 @@ What the judge sees (`caption_accuracy`: its own greedy captions of 100 held-out
 caption: 0.01 of its captions are exact, every background is right, but a shape is named with its colour and kind
 in 0.32 (with size and cell too, 0.08): it tells backgrounds and roughly colours, not kinds or places, which is why
 P(edit done) is flat for recolours, adds and replaces. Captioning alone (`caption_phase`, `--caption-steps`) teaches
-it to see quickly: from the shipped judge, 1500 / 4500 steps (batch 32, lr 1e-3; 4 min on 2 threads, then 13 on
+it to see quickly: from the shipped judge, 1500 / 4000 steps (batch 32, lr 1e-3; 4 min on 2 threads, then 10 on
 one) reach colour and kind 0.96 / 1.00 and exact captions 0.37 / 0.47. Judges trained on questions from there
-answer better, and NP-Edit learns less from them (all: test_learning's run, seed 0, 400 steps, 50 held-out edits; the shipped
-judge 0.20 success, removals 0.6, preservation 0.79 in the same script):
+answer better, and NP-Edit learns less from them (all: test_learning's run, seed 0, 400 steps, 50 held-out edits;
+the shipped judge 0.20 success, removals 0.6, preservation 0.79 in the same script):
 - 1500 caption steps, then 1000 steps of these questions with half of them "Does this image contain <object>?" about
   any object (soft answers along partly done edits, near misses in colour, kind, size or cell as negatives): held-out
   accuracy 0.725 (removal 0.94), P(edit done) of a removal 0.35 -> 0.83 along the edit, of a recolour 0.42 -> 0.54,
