@@ -77,6 +77,12 @@ the shipped judge 0.20 success, removals 0.6, preservation 0.79 in the same scri
   and the shipped one averaged), preservation 0.83-0.86. The same judge after 300 more steps of adversarial
   training (each question also asked about its candidate image moved by 0.03 per pixel against the right answer,
   FGSM; held-out accuracy 0.742): NP-Edit 0.06, no removals, preservation 0.81.
+- `judge --out DIR --caption-steps 4000` (this build from scratch, 62 min on 2 threads, most of it beside other
+  runs): captions colour and kind 0.99, exact 0.37; held-out accuracy 0.748, edit verification add 0.93, recolour
+  0.93, removal 0.96, replace 0.56, background 0.83. The first judge whose P(edit done) rises along every type's edit
+  (recolour 0.01 0.01 0.30 0.75 0.88, add 0.15 -> 0.86, removal 0.12 -> 0.84, replace 0.37 -> 0.60, background
+  0.21 -> 0.84), with P(rest unchanged) falling as other shapes fade (recolours 0.53 -> 0.40). NP-Edit against it:
+  0.00 on every type, preservation 0.82.
 The editor fools the sharper judges: on 20 held-out removals and 20 recolours, the editor trained against the
 second judge lowers that judge's P(the named object is still there) from 0.62 to 0.38 while the shipped judge sees
 no change (0.62 -> 0.62) and the oracle finds no removal; the editor trained against the shipped judge makes real
