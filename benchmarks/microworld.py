@@ -11,8 +11,8 @@ evaluation set. Writes benchmarks/results/microworld.json, microworld.md and mic
     python benchmarks/microworld.py --steps 100 --seeds 0 1 2 --jobs 2
 
 It first measures the world's own parts (autoencoder round trip, teacher scene accuracy, judge accuracy, whether
-the judge sees the scene): they bound what any editor can reach here. Each row also records how the judge answers about its outputs
-(`judge` in the JSON: microworld/judge.py `agreement`), where NP-Edit's signal comes from.
+the judge sees the scene): they bound what any editor can reach here. Each row also records how the judge answers
+about its outputs (`judge` in the JSON: microworld/judge.py `agreement`), where NP-Edit's signal comes from.
 """
 
 from __future__ import annotations
