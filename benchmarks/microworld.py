@@ -122,10 +122,8 @@ def markdown(summary: dict, steps: int, n_eval: int, world: dict | None = None) 
         lines += [f"World parts: autoencoder round trip {ae['psnr']} dB, {ae['kept_pixels']:.3f} of pixels within 0.1; "
                   f"teacher draws the caption's scene in {teacher['scene']:.2f} of {teacher['n']} held-out captions "
                   f"(background {teacher['background']:.2f}, shapes {teacher['shape']:.2f}); judge held-out accuracy "
-                  f"{judge['accuracy']:.3f}"
-                  + (f", and its own captions of held-out scenes name a shape's colour and kind in "
-                     f"{world['judge_captions']['colour_kind']:.2f} of shapes" if "judge_captions" in world else "")
-                  + ".", ""]
+                  f"{judge['accuracy']:.3f}, and its own captions of held-out scenes name a shape's colour and kind "
+                  f"in {world['judge_captions']['colour_kind']:.2f} of shapes.", ""]
     lines += [f"Micro-world, {steps} editor steps from the shipped warm-up, oracle on {n_eval} balanced held-out "
               "edits; mean ± std over seeds.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, row in summary.items():

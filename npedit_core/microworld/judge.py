@@ -457,6 +457,15 @@ def _optimiser(model: torch.nn.Module, lr: float, steps: int):
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
 
 
+def _update(model: torch.nn.Module, opt, sched, loss: torch.Tensor) -> None:
+    """One optimiser step on `loss`, gradients clipped to norm 1."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def caption_phase(judge: Qwen25VLJudge, steps: int, seed: int, batch: int, lr: float, log=print) -> float:
     """`steps` steps of captioning `batch` random scenes (softened and noised as in `degrade`); the loss EMA at the end.
 
@@ -471,11 +480,7 @@ def caption_phase(judge: Qwen25VLJudge, steps: int, seed: int, batch: int, lr: f
         scenes = [sample_scene(rng) for _ in range(batch)]
         questions = [Question(CAPTION_PROMPT, [degrade(render(sc), rng)]) for sc in scenes]
         loss = continuation_loss(judge, questions, [sc.caption() for sc in scenes])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(judge.model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _update(judge.model, opt, sched, loss)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
             log(f"  judge caption step {step}: loss {ema:.4f} ({time.perf_counter() - start:.0f} s)")
@@ -517,11 +522,7 @@ def build(out: str | Path, steps: int = 2000, seed: int = 0, batch: int = 32, lr
         if aux_weight:
             aux_q, aux_t = auxiliary_batch(seed * 7_000_003 + step, batch // 2)
             loss = loss + aux_weight * continuation_loss(judge, aux_q, aux_t)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _update(model, opt, sched, loss)
         acc = ok.float().mean().item()
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         ema_acc = acc if ema_acc is None else 0.98 * ema_acc + 0.02 * acc
