@@ -22,73 +22,11 @@ signal per example than one-bit answers. Weights start at N(0, 1/fan_in) (`_fan_
 configs' 0.02. The candidate image is blurred and noised at random, so that decoded editor outputs
 (slightly soft) are judged by content, not by crispness.
 
-The shipped judge is this build's default (2000 steps, held-out accuracy 0.695). `--resume-from`
-trains one further; measured, that did not help NP-Edit: after 3000 more steps (accuracy 0.80) the
-editor's oracle success went 0.02 -> 0.06 / 0.00 / 0.02 in 40 / 80 / 200 NP-Edit steps (seed 0), and
-after 1500 more with faded shapes among the negatives (0.83; that variant of the questions is not
-kept) 0.02 -> 0.02 in 40; with the shipped judge, 0.02 -> 0.18 in 40 and 0.22 in 200 (same seed, 512
-training scenes, `editor.SETTINGS`). From the shipped 12000-step warm-up it is the same: after 1500 more steps
-(accuracy 0.737; recolour 0.76, removal 0.90, add 0.47, replace 0.56) NP-Edit reached 0.06 / 0.06 after 400 steps
-(seeds 0, 1; tests/microworld/test_learning.py's run) with preservation 0.67 / 0.57, against 0.20 / 0.14 and
-0.77 / 0.79 with the shipped judge: accuracy on these questions does not predict what NP-Edit learns from the
-judge. Asked about the shipped NP-Edit editor's own outputs (100 held-out edits), the further-trained judge's
-identity answer follows the oracle's preservation less (correlation 0.13 against the shipped judge's 0.43), though
-its edit answer tells correct recolours from failed ones (P(done) 0.68 against 0.29; shipped judge 0.52 and 0.51).
-
-Where NP-Edit's gradient comes from is what `edit_progress` measures: the judge's answers on an edit partly done,
-(1 - a) source + a target, and on the finished edit with the shapes the instruction does not name faded by a
-(10 held-out edits per type, a = 0, .25, .5, .75, 1). The shipped judge: P(edit done) rises for backgrounds
-(0.00 0.04 0.60 0.87 0.97) and removals (0.40 -> 0.61) only; for recolours, adds and replaces it is 0.50-0.52 at
-every a, the finished edit included. P(rest unchanged) is 0.61-0.66 whatever happens to the other shapes, faded
-away included (background edits 0.47-0.62): the identity question protects nothing, and preservation comes from the
-warm-up and DMD. Judges trained further from it (all seed 0, measured by test_learning's NP-Edit run after 400
-steps, shipped judge 0.20 with preservation 0.77):
-- 1500 steps more on these questions (above): recolours rise 0.11 -> 0.74; P(rest unchanged) of a background edit
-  falls 0.91 -> 0.45 as the edit is done, so the identity question opposes it.
-- editor-like questions with hard answers (a variant not kept: No for an edit up to half done; half the
-  questions, 1500 steps, lr 1e-3):
-  accuracy on editor-like questions 0.747 (shipped 0.678); P(edit done) flat up to half done (background 0.00
-  0.00 0.16 0.39 0.97), recolours still flat, P(rest unchanged) falling with fading (removals 0.66 -> 0.24).
-  NP-Edit 0.04, preservation 0.86: a No for partly done edits takes away the slope a copying editor climbs.
-  The same at lr 3e-4: 0.06, 0.74.
-- `--editor-like 0.5` / `0.25` with the soft answers kept here (1200 steps, lr 1e-3): P(edit done) of a
-  background edit rises from a = 0 (0.02 0.27 0.44 0.74 0.98), recolours a little at 0.25 (0.41 -> 0.57); NP-Edit
-  0.08 / 0.02 with preservation 0.46 / 0.56: the editor now changes what it should keep.
-None is shipped. The judge NP-Edit needs here rises from a = 0 for every type, keeps P(rest unchanged) high along
-the edit and lowers it as other shapes fade; no judge built so far does all three.
-
-What the judge sees (`caption_accuracy`: its own greedy captions of 100 held-out scenes). The shipped judge cannot
-caption: 0.01 of its captions are exact, every background is right, but a shape is named with its colour and kind
-in 0.32 (with size and cell too, 0.08): it tells backgrounds and roughly colours, not kinds or places, which is why
-P(edit done) is flat for recolours, adds and replaces. Captioning alone (`caption_phase`, `--caption-steps`) teaches
-it to see quickly: from the shipped judge, 1500 / 4000 steps (batch 32, lr 1e-3; 4 min on 2 threads, then 10 on
-one) reach colour and kind 0.96 / 1.00 and exact captions 0.37 / 0.47. Judges trained on questions from there
-answer better, and NP-Edit learns less from them (all: test_learning's run, seed 0, 400 steps, 50 held-out edits;
-the shipped judge 0.20 success, removals 0.6, preservation 0.79 in the same script):
-- 1500 caption steps, then 1000 steps of these questions with half of them "Does this image contain <object>?" about
-  any object (soft answers along partly done edits, near misses in colour, kind, size or cell as negatives): held-out
-  accuracy 0.725 (removal 0.94), P(edit done) of a removal 0.35 -> 0.83 along the edit, of a recolour 0.42 -> 0.54,
-  adds and replaces still flat. NP-Edit 0.10 (removals 0.2), preservation 0.75; with w_vlm 1, 0.14 (adds 0.3,
-  removals 0.1), 0.82; with the judge's view of the edited image randomly shifted by up to 2 px, blurred and noised
-  (std 0.04), 0.06; asking the presence question instead of the two-image one for recolours, adds and replaces
-  (the new object Yes, the old one No), 0.02.
-- 4500 caption steps, then 1500 such steps: held-out accuracy 0.747 (add 0.79, recolour 0.75, removal 0.92, replace
-  0.41), NP-Edit 0.02 (0.06 with the randomised view at noise std 0.1; 0.08 with the answer logits of this judge
-  and the shipped one averaged), preservation 0.83-0.86. The same judge after 300 more steps of adversarial
-  training (each question also asked about its candidate image moved by 0.03 per pixel against the right answer,
-  FGSM; held-out accuracy 0.742): NP-Edit 0.06, no removals, preservation 0.81.
-- `judge --out DIR --caption-steps 4000` (this build from scratch, 62 min on 2 threads, most of it beside other
-  runs): captions colour and kind 0.99, exact 0.37; held-out accuracy 0.748, edit verification add 0.93, recolour
-  0.93, removal 0.96, replace 0.56, background 0.83. The first judge whose P(edit done) rises along every type's edit
-  (recolour 0.01 0.01 0.30 0.75 0.88, add 0.15 -> 0.86, removal 0.12 -> 0.84, replace 0.37 -> 0.60, background
-  0.21 -> 0.84), with P(rest unchanged) falling as other shapes fade (recolours 0.53 -> 0.40). NP-Edit against it:
-  0.00 on every type, preservation 0.82.
-The editor fools the sharper judges: on 20 held-out removals and 20 recolours, the editor trained against the
-second judge lowers that judge's P(the named object is still there) from 0.62 to 0.38 while the shipped judge sees
-no change (0.62 -> 0.62) and the oracle finds no removal; the editor trained against the shipped judge makes real
-removals (oracle 0.55 of them), and the first sharper judge sees them (P 0.06). The adversarially trained judge is
-fooled less, not enough: 0.79 -> 0.51 on its own editor's removals, none of them done. So a judge that sees is not
-enough: NP-Edit here also needs its gradient to be hard to satisfy without the edit.
+The shipped judge is this build's default (2000 steps, held-out accuracy 0.695). `--resume-from` trains one
+further, `--caption-steps N` captions first, `--editor-like S` asks a share S of the questions about images like
+an editor's in training. Which judge NP-Edit learns from, and why the sharper judges built so far taught it
+less than the shipped one, is measured in docs/microworld_judge.md (`edit_progress`, `caption_accuracy` and
+`agreement` are the measurements it uses).
 """
 
 from __future__ import annotations
