@@ -4,7 +4,8 @@ Rows (npedit_core/microworld/editor.py VARIANTS), all from the shipped warm-up e
 steps, batch and learning rate, each over several seeds (training seed = noise seed of the oracle's
 edits): NP-Edit (judge + DMD), (a) supervised flow matching on the procedural pairs, (b) only DMD,
 (c) only the VLM loss, (d) no identity question; plus the warm-up editor itself (no further training)
-and (a') the supervised row at its own learning rate, 5e-4 (`supervised_lr5e-4`), where it learns faster.
+and (a') the supervised row at its own learning rate, 5e-4 (`supervised_lr5e-4`), where it learns faster, and NP-Edit
+with a third of the judge's weight (`npedit_w_vlm1`). Each run records its settings (`settings` in the JSON).
 The oracle (microworld/oracle.py) scores success and preservation per edit type on a fixed balanced
 evaluation set. Writes benchmarks/results/microworld.json, microworld.md and microworld_grid.png.
 
@@ -72,7 +73,17 @@ def run(variant: str, seed: int, steps: int, work: Path, manifest: Path, items, 
     # the shipped judge asked about this row's outputs (the supervised trainer has none of its own)
     judge = trainer.judge or build_judge(trainer.cfg.judge, trainer.device, seed)
     return {"variant": label, "seed": seed, "steps": steps, "train_seconds": round(train_s, 1),
-            "metrics": metrics, "judge": agreement(judge, evals, outputs), "outputs": outputs}
+            "settings": row_settings(variant, trainer.cfg), "metrics": metrics,
+            "judge": agreement(judge, evals, outputs), "outputs": outputs}
+
+
+def row_settings(variant: str, cfg) -> dict:
+    """What a row trained with: its overrides of the recipe (editor.VARIANTS on top of editor.SETTINGS) and the
+    resolved settings that tell the rows apart."""
+    return {"overrides": VARIANTS[variant], "stage": cfg.train.stage, "lr": cfg.optim.lr, "fake_lr": cfg.optim.fake_lr,
+            "w_vlm": cfg.loss.w_vlm, "w_dmd": cfg.loss.w_dmd, "fake_updates": cfg.loss.fake_updates,
+            "identity_question": cfg.loss.identity_question, "lora": cfg.lora.enabled,
+            "gradient_checkpointing": cfg.train.gradient_checkpointing, "batch_size": cfg.train.batch_size}
 
 
 def parts(evals, n_captions: int = 100) -> dict:

@@ -96,6 +96,25 @@ def test_the_paired_baseline_at_its_own_learning_rate_trains_on_the_pairs(tmp_pa
     assert trainers["supervised_lr5e-4"].cfg.train.stage == "warmup"
 
 
+def test_every_row_records_what_it_trained_with(tmp_path):
+    """The JSON's runs say each row's settings; the lower-judge-weight NP-Edit row differs from NP-Edit in w_vlm only."""
+    bench = _benchmark()
+    items, evals = examples(4), eval_items(1)
+    manifest = write_manifest(tmp_path / "data", items)
+    row = bench.run("warmup", 0, 0, tmp_path, manifest, items, evals, quiet=True)
+    assert row["settings"]["overrides"] == [] and row["settings"]["w_vlm"] == 3.0  # the recipe itself (editor.SETTINGS)
+    from npedit_core.microworld.editor import make_trainer
+
+    settings = {v: bench.row_settings(v, make_trainer(v, tmp_path / v, manifest, items, 1, 0, log=lambda *a: None).cfg)
+                for v in ("npedit", "npedit_w_vlm1", "no_identity", "supervised_lr5e-4")}
+    base = settings["npedit"]
+    assert {k for k in base if settings["npedit_w_vlm1"][k] != base[k]} == {"overrides", "w_vlm"}
+    assert settings["npedit_w_vlm1"]["w_vlm"] == 1.0
+    assert settings["no_identity"]["identity_question"] is False and base["identity_question"] is True
+    assert (settings["supervised_lr5e-4"]["stage"], settings["supervised_lr5e-4"]["lr"]) == ("warmup", 5e-4)
+    assert not base["lora"] and not base["gradient_checkpointing"]  # the micro-world recipe: full fine-tune
+
+
 def test_world_parts_say_whether_the_judge_sees_the_scene():
     """The benchmark's world measurements include the judge's own captions of held-out scenes, and its table says so."""
     bench = _benchmark()
