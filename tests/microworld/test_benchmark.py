@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from npedit_core.checkpoint import latest_checkpoint
-from npedit_core.microworld.editor import JUDGE_DIR, TEACHER_DIR, WARMUP_FILE, eval_items, examples, write_manifest
+from npedit_core.microworld.editor import (
+    JUDGE_DIR, TEACHER_DIR, WARMUP_FILE, eval_items, examples, make_trainer, write_manifest,
+)
 
 pytestmark = pytest.mark.skipif(not (TEACHER_DIR.is_dir() and JUDGE_DIR.is_dir() and WARMUP_FILE.is_file()),
                                 reason="micro-world weights not shipped")
@@ -85,7 +87,7 @@ def test_a_run_folder_left_by_an_earlier_benchmark_is_not_resumed(tmp_path):
 
 def test_the_paired_baseline_at_its_own_learning_rate_trains_on_the_pairs(tmp_path):
     """`supervised_lr5e-4` is the supervised row (flow matching on the true pairs) at the warm-up's learning rate."""
-    from npedit_core.microworld.editor import SupervisedTrainer, make_trainer
+    from npedit_core.microworld.editor import SupervisedTrainer
 
     items = examples(4)
     manifest = write_manifest(tmp_path / "data", items)
@@ -103,8 +105,6 @@ def test_every_row_records_what_it_trained_with(tmp_path):
     manifest = write_manifest(tmp_path / "data", items)
     row = bench.run("warmup", 0, 0, tmp_path, manifest, items, evals, quiet=True)
     assert row["settings"]["overrides"] == [] and row["settings"]["w_vlm"] == 3.0  # the recipe itself (editor.SETTINGS)
-    from npedit_core.microworld.editor import make_trainer
-
     settings = {v: bench.row_settings(v, make_trainer(v, tmp_path / v, manifest, items, 1, 0, log=lambda *a: None).cfg)
                 for v in ("npedit", "npedit_w_vlm1", "no_identity", "supervised_lr5e-4")}
     base = settings["npedit"]
